@@ -1,0 +1,38 @@
+"""Command line of the guest agent."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rlm_protocol import DEFAULT_MAX_FRAME_BYTES, Limits
+
+from .agent import DEFAULT_LIMITS, Agent
+from .channel import Channel, DeviceChannel, StdioChannel
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rlm-guest", description=__doc__)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--stdio", action="store_true", help="speak the protocol on stdin/stdout")
+    where.add_argument("--device", metavar="PATH", help="speak the protocol on a character device")
+    parser.add_argument(
+        "--max-output-chars",
+        type=int,
+        default=DEFAULT_LIMITS.max_output_chars,
+        help="characters kept per stream and block (the true size is still reported)",
+    )
+    parser.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES)
+    options = parser.parse_args(argv)
+    diagnostic = StdioChannel.diagnostic_stream()
+    channel: Channel = DeviceChannel(options.device) if options.device else StdioChannel()
+    limits = Limits(
+        max_frame_bytes=options.max_frame_bytes,
+        max_output_chars=options.max_output_chars,
+        max_sessions=DEFAULT_LIMITS.max_sessions,
+    )
+    return Agent(channel, diagnostic, limits).serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

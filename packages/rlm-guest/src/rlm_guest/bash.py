@@ -1,0 +1,64 @@
+"""Bash blocks: ``/bin/sh -c`` in its own process group, both streams captured with caps."""
+
+from __future__ import annotations
+
+import codecs
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Callable
+from typing import IO
+
+from rlm_protocol import OutputCapture
+
+__all__ = ["run_bash"]
+
+
+def _pump(pipe: IO[bytes], sink: OutputCapture) -> None:
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    fd = pipe.fileno()
+    while chunk := os.read(fd, 65536):
+        sink.write(decoder.decode(chunk))
+    sink.write(decoder.decode(b"", final=True))
+    pipe.close()
+
+
+def run_bash(
+    script: str,
+    *,
+    cwd: str,
+    stdout: OutputCapture,
+    stderr: OutputCapture,
+    on_start: Callable[[subprocess.Popen[bytes]], None],
+) -> int:
+    """Run ``script`` and return its exit status (negative: killed by that signal).
+
+    The shell leads a new process group so that an interrupt kills the whole pipeline. When the
+    shell exits, anything it left running in that group is killed too: a background job holding
+    the pipes open would otherwise keep the block from ever ending.
+    """
+    process = subprocess.Popen(
+        ["/bin/sh", "-c", script],
+        cwd=cwd if os.path.isdir(cwd) else None,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    on_start(process)
+    assert process.stdout is not None and process.stderr is not None
+    pumps = [
+        threading.Thread(target=_pump, args=(process.stdout, stdout), daemon=True),
+        threading.Thread(target=_pump, args=(process.stderr, stderr), daemon=True),
+    ]
+    for pump in pumps:
+        pump.start()
+    returncode = process.wait()
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for pump in pumps:
+        pump.join()
+    return returncode
