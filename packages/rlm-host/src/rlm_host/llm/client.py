@@ -1,0 +1,235 @@
+"""The chat client: one httpx connection pool, retries with backoff, typed errors.
+
+The two wire formats (Ollama's ``/api/chat`` and OpenAI's ``/v1/chat/completions``) differ only
+in how a request body is built and how a reply (plain or streamed) is read; those parts live in
+``ollama.py`` and ``openai.py`` as ``WireFormat`` objects, and everything else is shared here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol
+
+import httpx
+import trio
+
+from .config import LlmConfig
+from .errors import ModelNotFound, ModelResponseError, ModelServerDown, ModelServerError
+from .messages import ChatMessage, ChatReply, DeltaCallback, Usage
+from .ollama import OllamaWire
+from .openai import OpenAIWire
+
+__all__ = ["ChatClient", "WireFormat", "open_client"]
+
+#: Statuses worth another attempt: the server is overloaded or restarting, not refusing us.
+_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+#: Transport failures that mean "no usable connection", retried and finally ``ModelServerDown``.
+_CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+#: Failures after the request went out (server died mid-reply, read timeout): retried too, since
+#: a chat call has no side effects, but reported as a server error when they persist.
+_TRANSFER_ERRORS = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError, httpx.ReadTimeout)
+
+
+class WireFormat(Protocol):
+    """How one API encodes a chat request and decodes its reply."""
+
+    def body(self, config: LlmConfig, model: str, messages: Sequence[ChatMessage], stream: bool) -> dict[str, Any]:
+        """The JSON body of a request."""
+        ...
+
+    def parse(self, url: str, data: Any) -> tuple[str, Usage]:
+        """Text and usage of a plain (non-streamed) reply; ``ModelResponseError`` if malformed."""
+        ...
+
+    async def parse_stream(
+        self, url: str, lines: AsyncIterator[str], on_delta: DeltaCallback | None
+    ) -> tuple[str, Usage]:
+        """Text and usage read from a streamed reply's lines; ``ModelResponseError`` if malformed."""
+        ...
+
+
+class _Retry(Exception):
+    """Internal: this attempt failed in a way worth retrying; ``final`` is raised if none is left."""
+
+    def __init__(self, final: Exception) -> None:
+        super().__init__(str(final))
+        self.final = final
+
+
+def _error_detail(response: httpx.Response) -> str:
+    """The server's own error text, from ``{"error": ...}`` when it sent one."""
+    text = response.text
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text[:300] or response.reason_phrase
+    if isinstance(data, dict) and "error" in data:
+        error = data["error"]
+        if isinstance(error, dict):
+            return str(error.get("message") or error)[:300]
+        return str(error)[:300]
+    return text[:300]
+
+
+class ChatClient:
+    """An async chat client for one server; use ``open_client`` or ``async with``.
+
+    ``chat`` may be called from many tasks at once: httpx pools connections, so concurrent calls
+    are concurrent requests. Cancellation of a ``chat`` call cancels its HTTP request.
+    """
+
+    def __init__(self, config: LlmConfig, wire: WireFormat) -> None:
+        self.config = config
+        self._wire = wire
+        headers = {"Content-Type": "application/json"}
+        if config.api_key:
+            headers["Authorization"] = f"Bearer {config.api_key}"
+        timeout = httpx.Timeout(config.read_timeout, connect=config.connect_timeout)
+        # No pool limit below the engine's own bound: the engine's CapacityLimiter decides how
+        # many requests are in flight, and a smaller pool here would queue them silently.
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=32)
+        self._http = httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits, trust_env=False)
+
+    @property
+    def url(self) -> str:
+        """The chat endpoint this client posts to."""
+        return self.config.endpoint
+
+    async def __aenter__(self) -> ChatClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool; idempotent."""
+        await self._http.aclose()
+
+    async def chat(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        model: str | None = None,
+        stream: bool | None = None,
+        on_delta: DeltaCallback | None = None,
+    ) -> ChatReply:
+        """Send ``messages`` and return the assistant's reply.
+
+        Retries connection errors, interrupted transfers and HTTP 5xx/429 with exponential
+        backoff (honouring ``Retry-After`` up to ``backoff_max``). Raises ``ModelServerDown``
+        when no connection could be made, ``ModelNotFound`` when the server lacks the model,
+        ``ModelServerError`` for persistent HTTP errors, ``ModelResponseError`` for a body that
+        is not the API's JSON.
+        """
+        chosen_model = model or self.config.model
+        use_stream = self.config.stream if stream is None else stream
+        body = dict(self._wire.body(self.config, chosen_model, messages, use_stream))
+        if self.config.extra_body:
+            body.update(self.config.extra_body)
+        payload = json.dumps(body).encode("utf-8")
+        started = time.perf_counter()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                text, usage = await self._attempt(payload, chosen_model, use_stream, on_delta, attempt)
+            except _Retry as retry:
+                if attempt > self.config.max_retries:
+                    raise retry.final from retry.final.__cause__
+                await trio.sleep(self._backoff(attempt - 1, retry.final))
+                continue
+            return ChatReply(
+                content=text,
+                model=chosen_model,
+                usage=usage,
+                duration=time.perf_counter() - started,
+                attempts=attempt,
+            )
+
+    def _backoff(self, retry_index: int, error: Exception) -> float:
+        delay = min(self.config.backoff_max, self.config.backoff_base * 2.0**retry_index)
+        if isinstance(error, ModelServerError) and error.retry_after is not None:
+            delay = min(self.config.backoff_max, max(delay, error.retry_after))
+        return delay
+
+    async def _attempt(
+        self,
+        payload: bytes,
+        model: str,
+        stream: bool,
+        on_delta: DeltaCallback | None,
+        attempt: int,
+    ) -> tuple[str, Usage]:
+        url = self.url
+        request = self._http.build_request("POST", url, content=payload)
+        try:
+            response = await self._http.send(request, stream=True)
+        except _CONNECT_ERRORS as error:
+            down = ModelServerDown(url, f"{type(error).__name__}: {error}", attempts=attempt)
+            down.__cause__ = error
+            raise _Retry(down) from error
+        except _TRANSFER_ERRORS as error:
+            failed = ModelServerError(url, 0, f"{type(error).__name__}: {error}", attempts=attempt)
+            failed.__cause__ = error
+            raise _Retry(failed) from error
+        try:
+            if response.status_code != 200:
+                await response.aread()
+                self._raise_for_status(response, model, attempt)
+            try:
+                if stream:
+                    return await self._wire.parse_stream(url, response.aiter_lines(), on_delta)
+                raw = await response.aread()
+            except _TRANSFER_ERRORS as error:
+                failed = ModelServerError(url, 0, f"{type(error).__name__}: {error}", attempts=attempt)
+                failed.__cause__ = error
+                raise _Retry(failed) from error
+        finally:
+            await response.aclose()
+        try:
+            data = json.loads(raw)
+        except ValueError as error:
+            raise ModelResponseError(url, f"body is not JSON ({error}): {raw[:200]!r}") from error
+        return self._wire.parse(url, data)
+
+    def _raise_for_status(self, response: httpx.Response, model: str, attempt: int) -> None:
+        url = self.url
+        detail = _error_detail(response)
+        status = response.status_code
+        if status == 404 and "model" in detail.lower():
+            raise ModelNotFound(url, model, detail)
+        if status in _RETRY_STATUSES:
+            raise _Retry(
+                ModelServerError(
+                    url, status, detail, attempts=attempt, retry_after=_retry_after(response)
+                )
+            )
+        if status == 404:
+            raise ModelServerError(
+                url,
+                status,
+                detail + f" (is {url} a {self.config.api} server? try --api "
+                + ("openai" if self.config.api == "ollama" else "ollama") + ")",
+                attempts=attempt,
+            )
+        raise ModelServerError(url, status, detail, attempts=attempt)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """``Retry-After`` in seconds when the server sent it as a number (dates are ignored)."""
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def open_client(config: LlmConfig) -> ChatClient:
+    """A client for ``config.api``; close it with ``aclose`` or use it as ``async with``."""
+    wire: WireFormat = OllamaWire() if config.api == "ollama" else OpenAIWire()
+    return ChatClient(config, wire)

@@ -1,0 +1,81 @@
+"""Errors of the model clients.
+
+Each message says what to do, because the CLI prints it as it is.
+"""
+
+from __future__ import annotations
+
+
+__all__ = [
+    "ModelError",
+    "ModelNotFound",
+    "ModelResponseError",
+    "ModelServerDown",
+    "ModelServerError",
+]
+
+
+class ModelError(Exception):
+    """Base of every error raised by a model client; ``url`` is the endpoint that failed."""
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class ModelServerDown(ModelError):
+    """No connection to the model server after every retry (refused, DNS, connect timeout)."""
+
+    def __init__(self, url: str, reason: str, *, attempts: int) -> None:
+        super().__init__(
+            f"model server at {url} is not reachable after {attempts} attempt(s): {reason}. "
+            "Start it (for Ollama: `ollama serve`), or point rlm at another one with "
+            "--llm-url / RLM_LLM_URL (OLLAMA_HOST or OPENAI_BASE_URL for --api openai).",
+            url=url,
+        )
+        self.reason = reason
+        self.attempts = attempts
+
+
+class ModelNotFound(ModelError):
+    """The server answered but does not have the model that was asked for."""
+
+    def __init__(self, url: str, model: str, detail: str) -> None:
+        super().__init__(
+            f"model {model!r} is not available at {url}: {detail}. "
+            f"Pull it (for Ollama: `ollama pull {model}`) or choose another with --model / RLM_MODEL.",
+            url=url,
+        )
+        self.model = model
+
+
+class ModelServerError(ModelError):
+    """The server kept answering with an HTTP error (5xx/429 after every retry, or another 4xx)."""
+
+    def __init__(
+        self,
+        url: str,
+        status: int,
+        detail: str,
+        *,
+        attempts: int,
+        retry_after: float | None = None,
+    ) -> None:
+        what = f"HTTP {status}" if status else "a broken transfer"
+        super().__init__(
+            f"model server at {url} answered {what} after {attempts} attempt(s): {detail}",
+            url=url,
+        )
+        #: 0 when no status was received (the connection broke during the transfer).
+        self.status = status
+        self.attempts = attempts
+        #: The server's ``Retry-After``, in seconds, when it sent one.
+        self.retry_after = retry_after
+
+
+class ModelResponseError(ModelError):
+    """The server answered 200 with a body that is not the JSON shape of its API."""
+
+    def __init__(self, url: str, detail: str) -> None:
+        super().__init__(f"malformed response from model server at {url}: {detail}", url=url)
+

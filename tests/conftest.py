@@ -1,0 +1,5 @@
+"""Shared test setup.
+
+Its presence makes pytest put ``tests/`` on ``sys.path`` (rootdir conftest, prepend import mode),
+so test modules in subfolders can ``import scripted_model``.
+"""
