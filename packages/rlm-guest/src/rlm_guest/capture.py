@@ -72,6 +72,6 @@ def install_routers(diagnostic: TextIO) -> tuple[StreamRouter, StreamRouter]:
     """Replace ``sys.stdout`` and ``sys.stderr`` with routers falling back to ``diagnostic``."""
     out = StreamRouter(diagnostic, "<stdout>")
     err = StreamRouter(diagnostic, "<stderr>")
-    sys.stdout = out  # type: ignore[assignment]
-    sys.stderr = err  # type: ignore[assignment]
+    sys.stdout = out
+    sys.stderr = err
     return out, err

@@ -1,0 +1,87 @@
+"""The ``rlm`` command line (typer). Progress goes to stderr; results alone go to stdout."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import trio
+import typer
+
+from .errors import RlmError
+from .isolation import GuestOptions, Isolation, open_guest
+
+app = typer.Typer(
+    name="rlm",
+    help="Recursive Language Model harness: model-written code runs in a QEMU VM.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+
+
+@app.callback()
+def _root() -> None:
+    """Recursive Language Model harness: model-written code runs in a QEMU VM."""
+
+
+@app.command("exec")
+def exec_command(
+    file: Annotated[
+        Optional[Path], typer.Argument(help="File with the block to run ('-' for stdin).")
+    ] = None,
+    code: Annotated[Optional[str], typer.Option("-c", "--code", help="The block to run.")] = None,
+    language: Annotated[
+        str, typer.Option("--language", "-l", help="python or bash.")
+    ] = "python",
+    isolation: Annotated[
+        Isolation,
+        typer.Option(help="vm: in the QEMU VM. local: a subprocess ON THIS MACHINE (unsafe)."),
+    ] = Isolation.vm,
+    memory_mb: Annotated[int, typer.Option(help="VM memory in MiB.")] = 1536,
+    network: Annotated[bool, typer.Option(help="Give the VM a user-mode NAT network.")] = False,
+    timeout: Annotated[
+        Optional[float], typer.Option(help="Interrupt the block after this many seconds.")
+    ] = None,
+) -> None:
+    """Run one block in a fresh session and print its stdout and stderr.
+
+    Exits 1 when the block raised (Python) or exited non-zero (bash).
+    """
+    if language not in ("python", "bash"):
+        raise typer.BadParameter("must be python or bash", param_hint="--language")
+    if (code is None) == (file is None):
+        raise typer.BadParameter("give exactly one of -c CODE or FILE")
+    if code is None:
+        assert file is not None
+        code = sys.stdin.read() if str(file) == "-" else file.read_text()
+    options = GuestOptions(isolation=isolation, memory_mb=memory_mb, network=network)
+    if isolation is Isolation.local:
+        print("rlm: --isolation local runs the code on this machine, unsandboxed", file=sys.stderr)
+    try:
+        failed = trio.run(_exec, code, language, options, timeout)
+    except RlmError as error:
+        print(f"rlm: {error}", file=sys.stderr)
+        raise typer.Exit(2) from error
+    raise typer.Exit(1 if failed else 0)
+
+
+async def _exec(code: str, language: str, options: GuestOptions, timeout: float | None) -> bool:
+    async with open_guest(options) as connection:
+        session = await connection.open_session()
+        result = await session.exec(code, "bash" if language == "bash" else "python", timeout=timeout)
+    sys.stdout.write(result.stdout.text)
+    sys.stderr.write(result.stderr.text)
+    for name, stream in (("stdout", result.stdout), ("stderr", result.stderr)):
+        if stream.cut:
+            print(f"rlm: {name} cut to {len(stream.text)} of {stream.chars} characters", file=sys.stderr)
+    if result.interrupted:
+        print("rlm: the block was interrupted", file=sys.stderr)
+    return result.error is not None or bool(result.returncode)
+
+
+def main() -> None:
+    """Entry point of the ``rlm`` script."""
+    app()

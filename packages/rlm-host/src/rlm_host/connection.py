@@ -1,0 +1,432 @@
+"""One trio connection to a guest agent over any ``trio.abc.Stream``.
+
+Structure follows trio-websocket: one reader task owns the stream's receive side, decodes frames
+with the sans-IO ``FrameDecoder`` and routes each one in a single place; sends share one lock;
+waiters are registered *before* their request is sent; when the reader stops, every waiter wakes
+with the same ``GuestDiedError``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import trio
+
+from rlm_protocol import (
+    CAPABILITIES,
+    DEFAULT_MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    Bye,
+    ErrorFrame,
+    ExecResult,
+    Frame,
+    FrameDecoder,
+    FrameEncoder,
+    Hello,
+    HostCall,
+    HostCallError,
+    HostCallReply,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    SessionClosed,
+    SessionOpened,
+    Shutdown,
+    UnknownFrame,
+    VarsSet,
+    Welcome,
+    is_compatible,
+)
+
+from .errors import (
+    GuestDiedError,
+    GuestError,
+    GuestProtocolError,
+    HandshakeError,
+    SessionError,
+)
+
+if TYPE_CHECKING:
+    from .session import Session
+
+__all__ = ["GuestConnection", "HostCallHandler"]
+
+#: Serves a host call made by code in the guest; its return value (a JSON-like value) becomes
+#: the call's result in the guest and an exception becomes an exception there.
+HostCallHandler = Callable[[HostCall], Awaitable[Any]]
+
+_ReplyT = TypeVar("_ReplyT", bound=Frame)
+
+#: Reads this large keep the 16 MiB prompt path to a few dozen receive calls.
+RECEIVE_CHUNK = 1 << 20
+
+
+class _Pending:
+    """A request waiting for its reply."""
+
+    __slots__ = ("event", "reply", "error")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.reply: Frame | None = None
+        self.error: BaseException | None = None
+
+
+class GuestConnection:
+    """A handshaken connection to one guest; opens :class:`~rlm_host.session.Session` objects.
+
+    Create it with :meth:`open`, which owns the reader task::
+
+        async with GuestConnection.open(stream) as connection:
+            session = await connection.open_session()
+            result = await session.exec("print(6 * 7)")
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        nursery: trio.Nursery,
+        *,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        death_detail: Callable[[], str] | None = None,
+    ) -> None:
+        self._stream = stream
+        self._nursery = nursery
+        self._encoder = FrameEncoder(max_frame_bytes)
+        self._decoder = FrameDecoder(max_frame_bytes)
+        self._send_lock = trio.Lock()
+        self._calls = itertools.count(1)
+        self._session_ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._handlers: dict[str, HostCallHandler | None] = {}
+        self._host_call_scopes: dict[str, set[trio.CancelScope]] = {}
+        self._hello_event = trio.Event()
+        self._hello: Hello | None = None
+        self._death: GuestError | None = None
+        self._death_detail = death_detail
+        self._closed = trio.Event()
+        self._bye = False
+
+    # --- life cycle --------------------------------------------------------------------------
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        stream: trio.abc.Stream,
+        *,
+        handshake_timeout: float = 60.0,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        death_detail: Callable[[], str] | None = None,
+    ) -> AsyncIterator[GuestConnection]:
+        """Run the reader, complete the handshake, yield the connection, close it on exit.
+
+        ``death_detail`` is called when the guest dies, to add diagnosis (a VM console tail).
+
+        Raises:
+            HandshakeError: no ``Hello`` within ``handshake_timeout`` or an incompatible major.
+            GuestDiedError: the guest went away during the handshake.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                connection = cls(
+                    stream, nursery, max_frame_bytes=max_frame_bytes, death_detail=death_detail
+                )
+                nursery.start_soon(connection._reader)
+                try:
+                    await connection._handshake(handshake_timeout)
+                    yield connection
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await connection.aclose()
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The nursery is an implementation detail: callers catch ``GuestDiedError`` or
+            # their own exceptions, not a group around them.
+            raise _collapse(group) from None
+
+    async def _handshake(self, timeout: float) -> None:
+        with trio.move_on_after(timeout):
+            await self._hello_event.wait()
+        if self._death is not None:
+            raise self._death
+        hello = self._hello
+        if hello is None:
+            raise HandshakeError(f"the guest sent no Hello within {timeout:g} s")
+        # Answer even on a mismatch, so that the guest can refuse too and say why.
+        await self.send(
+            Welcome(
+                protocol=PROTOCOL_VERSION,
+                host="rlm-host",
+                host_version=_host_version(),
+                capabilities=tuple(c for c in hello.capabilities if c in CAPABILITIES),
+            )
+        )
+        if not is_compatible(hello.protocol):
+            major, minor = hello.protocol
+            error = HandshakeError(
+                f"guest {hello.agent} {hello.agent_version} speaks protocol {major}.{minor}, "
+                f"this host {PROTOCOL_VERSION[0]}.{PROTOCOL_VERSION[1]}: the majors differ. "
+                "Rebuild the guest image (`rlm image build`) so that host and guest match."
+            )
+            self._die(error)
+            raise error
+
+    @property
+    def hello(self) -> Hello:
+        """The guest's ``Hello`` (version, capabilities, limits)."""
+        assert self._hello is not None, "handshake not done"
+        return self._hello
+
+    @property
+    def closed(self) -> bool:
+        return self._death is not None
+
+    async def aclose(self) -> None:
+        """Ask the guest to shut down (briefly), then close the stream. Idempotent."""
+        if self._death is None:
+            with trio.move_on_after(2):
+                try:
+                    await self.send(Shutdown())
+                    await self._closed.wait()
+                except GuestError:
+                    pass
+        self._die(GuestDiedError("the connection was closed by the host"))
+        await self._stream.aclose()
+
+    def _die(self, error: GuestError) -> None:
+        if self._death is not None:
+            return
+        self._death = error
+        pending, self._pending = self._pending, {}
+        for waiter in pending.values():
+            waiter.error = error
+            waiter.event.set()
+        for scopes in self._host_call_scopes.values():
+            for scope in scopes:
+                scope.cancel()
+        self._hello_event.set()
+        self._closed.set()
+
+    # --- sending -----------------------------------------------------------------------------
+
+    async def send(self, frame: Frame) -> None:
+        """Send one frame.
+
+        Raises:
+            GuestDiedError: the connection is down.
+            LocalProtocolError: the frame exceeds the frame size limit.
+        """
+        if self._death is not None:
+            raise self._death
+        async with self._send_lock:
+            view = self._encoder.encode_view(frame)
+            try:
+                await self._stream.send_all(view)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+                self._die(self._died(f"sending to the guest failed: {error}"))
+                raise self._death from error  # type: ignore[misc]
+
+    def new_call(self) -> int:
+        return next(self._calls)
+
+    def new_session_id(self) -> str:
+        return f"s{next(self._session_ids)}"
+
+    async def request(self, frame: Frame, call: int, reply_type: type[_ReplyT]) -> _ReplyT:
+        """Send a request and wait for the reply with the same ``call`` id.
+
+        If the caller is cancelled, the waiter is dropped and a late reply is discarded.
+
+        Raises:
+            SessionError: the guest answered with an ``ErrorFrame``.
+            GuestDiedError: the guest went away first.
+        """
+        if self._death is not None:
+            raise self._death
+        pending = _Pending()
+        self._pending[call] = pending
+        try:
+            await self.send(frame)
+            await pending.event.wait()
+        finally:
+            self._pending.pop(call, None)
+        if pending.error is not None:
+            raise pending.error
+        reply = pending.reply
+        if isinstance(reply, ErrorFrame):
+            raise SessionError(reply.code, reply.message, reply.session)
+        if not isinstance(reply, reply_type):
+            raise GuestProtocolError(
+                f"expected {reply_type.__name__} for call {call}, got {type(reply).__name__}"
+            )
+        return reply
+
+    # --- sessions ----------------------------------------------------------------------------
+
+    async def open_session(
+        self, *, handler: HostCallHandler | None = None, cwd: str | None = None
+    ) -> Session:
+        """Open a fresh session whose host calls are served by ``handler``.
+
+        Without a handler, every host call fails in the guest with ``NoHandler``.
+        """
+        from .session import Session
+
+        return await Session.open(self, handler=handler, cwd=cwd)
+
+    def register_session(self, session_id: str, handler: HostCallHandler | None) -> None:
+        self._handlers[session_id] = handler
+        self._host_call_scopes[session_id] = set()
+
+    def unregister_session(self, session_id: str) -> None:
+        self._handlers.pop(session_id, None)
+        for scope in self._host_call_scopes.pop(session_id, ()):
+            scope.cancel()
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def _died(self, reason: str) -> GuestDiedError:
+        detail = ""
+        if self._death_detail is not None:
+            try:
+                detail = self._death_detail()
+            except Exception as error:  # diagnosis must never mask the death itself
+                detail = f"(no detail: {error!r})"
+        return GuestDiedError(reason, detail)
+
+    async def _reader(self) -> None:
+        try:
+            while True:
+                try:
+                    data = await self._stream.receive_some(RECEIVE_CHUNK)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+                    self._die(self._died(f"the guest channel broke: {error}"))
+                    return
+                if not data:
+                    self._decoder.eof()
+                    reason = "the guest exited" if self._bye else "the guest closed the channel"
+                    self._die(self._died(reason))
+                    return
+                for frame in self._decoder.feed(data):
+                    self._dispatch(frame)
+        except ProtocolError as error:
+            self._die(GuestProtocolError(f"the guest broke the protocol: {error}"))
+            with trio.CancelScope(shield=True):
+                await self._stream.aclose()
+
+    def _dispatch(self, frame: Frame | UnknownFrame) -> None:
+        if isinstance(frame, UnknownFrame):
+            return  # a newer minor's frame: ignored, as PROTOCOL.md requires
+        if self._hello is None:
+            if not isinstance(frame, Hello):
+                raise RemoteProtocolError(
+                    f"expected Hello as the first frame, got {type(frame).__name__}"
+                )
+            self._hello = frame
+            self._hello_event.set()
+            return
+        match frame:
+            case SessionOpened() | VarsSet() | ExecResult() | SessionClosed():
+                self._resolve(frame.call, frame)
+            case ErrorFrame(call=int() as call):
+                self._resolve(call, frame)
+            case HostCall():
+                self._nursery.start_soon(self._serve_host_call, frame)
+            case Bye():
+                self._bye = True
+            case ErrorFrame():
+                # An error about no request in particular: the guest gives up on the connection.
+                raise RemoteProtocolError(f"guest error [{frame.code}]: {frame.message}")
+            case _:
+                raise RemoteProtocolError(f"{type(frame).__name__} is not a guest-to-host frame")
+
+    def _resolve(self, call: int, frame: Frame) -> None:
+        waiter = self._pending.pop(call, None)
+        if waiter is not None:  # else: a late reply to a cancelled request, dropped
+            waiter.reply = frame
+            waiter.event.set()
+
+    async def _serve_host_call(self, call: HostCall) -> None:
+        scopes = self._host_call_scopes.get(call.session)
+        if scopes is None:
+            await self._reply_host_call(
+                call, error=HostCallError("UnknownSession", f"no session {call.session!r}")
+            )
+            return
+        handler = self._handlers.get(call.session)
+        if handler is None:
+            await self._reply_host_call(
+                call, error=HostCallError("NoHandler", "this session serves no host calls")
+            )
+            return
+        with trio.CancelScope() as scope:
+            scopes.add(scope)
+            try:
+                value = await handler(call)
+            except Exception as error:
+                # The model's code gets the failure as an exception; the run goes on.
+                await self._reply_host_call(
+                    call, error=HostCallError(type(error).__name__, str(error))
+                )
+                return
+            finally:
+                scopes.discard(scope)
+        if scope.cancelled_caught:
+            return
+        await self._reply_host_call(call, value=value)
+
+    async def _reply_host_call(
+        self, call: HostCall, *, value: Any = None, error: HostCallError | None = None
+    ) -> None:
+        reply = HostCallReply(session=call.session, call=call.call, value=value, error=error)
+        try:
+            await self.send(reply)
+        except GuestError:
+            pass  # the guest is gone; its waiters died with it
+        except LocalProtocolError as too_large:
+            await self.send(
+                HostCallReply(
+                    session=call.session,
+                    call=call.call,
+                    error=HostCallError("TooLarge", str(too_large)),
+                )
+            )
+        except TypeError as bad_value:
+            # msgspec could not encode the handler's value: tell the guest instead of dying.
+            await self.send(
+                HostCallReply(
+                    session=call.session,
+                    call=call.call,
+                    error=HostCallError("TypeError", f"host call result: {bad_value}"),
+                )
+            )
+
+
+def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The single meaningful exception of a group, or the group itself when there are several.
+
+    The reader task never raises (it records the death instead), so in practice the group holds
+    the caller's own exception, possibly beside ``Cancelled`` from the cancelled reader.
+    """
+    leaves: list[BaseException] = []
+
+    def walk(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                walk(inner)
+        elif not isinstance(error, trio.Cancelled):
+            leaves.append(error)
+
+    walk(group)
+    return leaves[0] if len(leaves) == 1 else group
+
+
+def _host_version() -> str:
+    from . import __version__
+
+    return __version__
+

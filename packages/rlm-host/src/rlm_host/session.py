@@ -1,0 +1,157 @@
+"""A REPL session in the guest, seen from the host."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from rlm_protocol import (
+    CloseSession,
+    Exec,
+    ExecResult,
+    Interrupt,
+    Language,
+    OpenSession,
+    SessionClosed,
+    SessionOpened,
+    SetVars,
+    VarsSet,
+    VarsState,
+)
+
+from .errors import GuestError, SessionClosedError
+
+if TYPE_CHECKING:
+    from .connection import GuestConnection, HostCallHandler
+
+__all__ = ["Session"]
+
+#: After a cancelled ``exec``, how long to wait for the guest to confirm the interrupt.
+INTERRUPT_CONFIRM_SECONDS = 5.0
+
+
+class Session:
+    """A persistent namespace in the guest. Use :meth:`GuestConnection.open_session`.
+
+    Methods may be called from several tasks, but one ``exec`` runs at a time per session (the
+    guest answers a second with ``SessionError`` code ``session_busy``).
+    """
+
+    def __init__(
+        self, connection: GuestConnection, session_id: str, handler: HostCallHandler | None
+    ) -> None:
+        self.connection = connection
+        self.id = session_id
+        self.handler = handler
+        self.state = VarsState()
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        connection: GuestConnection,
+        *,
+        handler: HostCallHandler | None = None,
+        cwd: str | None = None,
+    ) -> Session:
+        session = cls(connection, connection.new_session_id(), handler)
+        # Registered first: a host call can only come after the session exists in the guest,
+        # but the handler must be in place by then.
+        connection.register_session(session.id, handler)
+        call = connection.new_call()
+        try:
+            reply = await connection.request(
+                OpenSession(session=session.id, call=call, cwd=cwd), call, SessionOpened
+            )
+        except BaseException:
+            connection.unregister_session(session.id)
+            raise
+        session.state = reply.state
+        return session
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self.connection.closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SessionClosedError(self.id)
+
+    async def set_vars(self, values: Mapping[str, Any]) -> VarsState:
+        """Bind ``values`` (msgpack-able: str, bytes, numbers, lists, dicts...) in the namespace.
+
+        Also unsets ``Final``, as the seed does.
+        """
+        self._check_open()
+        call = self.connection.new_call()
+        reply = await self.connection.request(
+            SetVars(session=self.id, call=call, values=dict(values)), call, VarsSet
+        )
+        self.state = reply.state
+        return reply.state
+
+    async def exec(
+        self, code: str, language: Language = "python", *, timeout: float | None = None
+    ) -> ExecResult:
+        """Run one block and return how it ended (an exception in the code is a result).
+
+        ``timeout`` is enforced by the guest, which interrupts the block. If this call is
+        cancelled, the guest is told to interrupt the block before the cancellation proceeds.
+
+        Raises:
+            SessionError: the guest refused (``session_busy``, ``unknown_session``...).
+            GuestDiedError: the guest went away.
+        """
+        self._check_open()
+        call = self.connection.new_call()
+        try:
+            result = await self.connection.request(
+                Exec(session=self.id, call=call, code=code, language=language, timeout=timeout),
+                call,
+                ExecResult,
+            )
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True), trio.move_on_after(INTERRUPT_CONFIRM_SECONDS):
+                try:
+                    await self.connection.send(Interrupt(session=self.id))
+                except GuestError:
+                    pass
+            raise
+        self.state = result.state
+        return result
+
+    async def interrupt(self) -> None:
+        """Ask the guest to stop the running block; its ``exec`` returns ``interrupted``."""
+        self._check_open()
+        await self.connection.send(Interrupt(session=self.id))
+
+    async def close(self) -> None:
+        """Close the session in the guest and cancel its host calls. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.connection.unregister_session(self.id)
+        if self.connection.closed:
+            return
+        call = self.connection.new_call()
+        try:
+            await self.connection.request(
+                CloseSession(session=self.id, call=call), call, SessionClosed
+            )
+        except GuestError:
+            pass  # a dead guest has no sessions left to close
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with trio.CancelScope(shield=True):
+            await self.close()
