@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Final, Literal
 
 __all__ = [
@@ -72,7 +72,6 @@ class LlmConfig:
         url: str | None = None,
         api_key: str | None = None,
         environ: Mapping[str, str] | None = None,
-        **overrides: object,
     ) -> LlmConfig:
         """Build a config from explicit values, then the environment, then the defaults.
 
@@ -89,13 +88,12 @@ class LlmConfig:
         else:
             api_url = env.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_URL
             key = api_key or env.get("OPENAI_API_KEY") or None
-        config = cls(
+        return cls(
             api=chosen_api,
             base_url=_with_scheme(url or env.get("RLM_LLM_URL") or api_url),
             model=model or env.get("RLM_MODEL") or DEFAULT_MODEL,
             api_key=key,
         )
-        return replace(config, **overrides) if overrides else config  # type: ignore[arg-type]
 
     @property
     def endpoint(self) -> str:

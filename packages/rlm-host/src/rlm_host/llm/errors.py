@@ -1,10 +1,12 @@
 """Errors of the model clients.
 
-Each message says what to do, because the CLI prints it as it is.
+They subclass ``RlmError``, so one clause catches every rlm failure, and each message says
+what to do, because the CLI prints it as it is.
 """
 
 from __future__ import annotations
 
+from ..errors import RlmError
 
 __all__ = [
     "ModelError",
@@ -15,7 +17,7 @@ __all__ = [
 ]
 
 
-class ModelError(Exception):
+class ModelError(RlmError):
     """Base of every error raised by a model client; ``url`` is the endpoint that failed."""
 
     def __init__(self, message: str, *, url: str) -> None:

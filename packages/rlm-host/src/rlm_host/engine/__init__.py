@@ -1,0 +1,39 @@
+"""The RLM engine: the seed's loop with recursion, concurrency, budgets and a trajectory."""
+
+from __future__ import annotations
+
+from .blocks import CODE_BLOCK_PATTERN, CodeBlock, first_block
+from .budget import BudgetExhausted, Limits, RunMeter, StopReason, child_steps
+from .prompts import (
+    DEFAULT_TOOLS,
+    NO_BLOCK_REPROMPT,
+    metadata_message,
+    observation_message,
+    paper_brief_task,
+    query_task,
+    smoke_task,
+    system_prompt,
+)
+from .rlm import MAX_STEPS_ANSWER, RlmEngine, RlmOutcome
+
+__all__ = [
+    "BudgetExhausted",
+    "CODE_BLOCK_PATTERN",
+    "CodeBlock",
+    "DEFAULT_TOOLS",
+    "Limits",
+    "MAX_STEPS_ANSWER",
+    "NO_BLOCK_REPROMPT",
+    "RlmEngine",
+    "RlmOutcome",
+    "RunMeter",
+    "StopReason",
+    "child_steps",
+    "first_block",
+    "metadata_message",
+    "observation_message",
+    "paper_brief_task",
+    "query_task",
+    "smoke_task",
+    "system_prompt",
+]

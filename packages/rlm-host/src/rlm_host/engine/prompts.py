@@ -1,0 +1,185 @@
+"""Every text the engine shows a model, in one place, worded as in the seed.
+
+The seed's system prompt is kept line for line, with two changes: the tool list comes from the
+guest image (a parameter, not a hard-coded list), and the REPL functions that the seed lacked
+(``rlm_query_batched``, ``llm_query``, ``llm_query_batched``) are described.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, Final
+
+import msgspec
+
+from rlm_protocol import (
+    OBSERVATION_PREFIX_CHARS,
+    PROMPT_PREFIX_CHARS,
+    ExecResult,
+    FinalValue,
+    captured_metadata,
+    text_metadata,
+)
+
+__all__ = [
+    "DEFAULT_TOOLS",
+    "NO_BLOCK_REPROMPT",
+    "metadata_message",
+    "observation_message",
+    "paper_brief_task",
+    "query_task",
+    "smoke_task",
+    "system_prompt",
+]
+
+#: The tools the seed's Alpine image installed; used until the image manifest says otherwise.
+DEFAULT_TOOLS: Final[tuple[str, ...]] = (
+    "rg",
+    "jq",
+    "fd",
+    "file",
+    "tree",
+    "tar",
+    "unzip",
+    "gzip",
+    "sqlite3",
+    "git",
+    "diff",
+    "pdftotext",
+    "GNU find",
+    "GNU coreutils",
+)
+
+#: The seed's re-prompt for a reply without a code block.
+NO_BLOCK_REPROMPT: Final = (
+    "Reply with exactly one fenced python or bash block that advances the REPL state."
+)
+
+_SYSTEM_PROMPT_TEMPLATE = """You are the root LM inside a Recursive Language Model (RLM).
+You answer by writing Python or Bash that runs inside an isolated VM.
+Important environment:
+- `prompt` is the full user prompt as a plain Python `str`, not a dict.
+Inspect it with `len(prompt)`, `prompt[:1000]`, regex, split, and slicing.
+- `rlm_query(f"question plus relevant snippet")` recursively asks a child RLM to
+solve a focused subtask. It is already available as a global function.
+- `rlm_query_batched([prompt1, prompt2, ...])` runs several child RLMs at once and
+returns their answers as a list, in order. Prefer it to a loop of `rlm_query`.
+- `llm_query(prompt)` and `llm_query_batched(prompts)` are plain model calls
+(no REPL) for simple questions about a snippet.
+- `SHOW_VARS()` prints current REPL variables.
+- `bash` blocks run as shell scripts in the session's working directory. Heredocs work.
+{tools_sentence}
+- Set JSON-serializable `Final` when the answer is ready.
+Use Python for persistent state, parsing, aggregation, `rlm_query`, and `Final`.
+Use Bash for filesystem inspection, text search, archives, JSON, SQLite, Git,
+PDF text extraction, and shell-native commands. Bash does not persist variables
+into Python. Do not dump the whole prompt. Each response must be one fenced
+`python` or `bash` block."""
+
+
+def _tools_sentence(tools: Sequence[str]) -> str:
+    if not tools:
+        return "Only the base system's shell tools are installed."
+    listed = ", ".join(f"`{tool}`" if " " not in tool else tool for tool in tools)
+    return f"Useful installed tools include {listed}."
+
+
+def system_prompt(tools: Sequence[str] = DEFAULT_TOOLS) -> str:
+    """The system message of every RLM step, listing ``tools`` as installed in the guest."""
+    return _SYSTEM_PROMPT_TEMPLATE.format(tools_sentence=_tools_sentence(tools))
+
+
+def _plain(value: Any) -> Any:
+    return msgspec.to_builtins(value)
+
+
+def metadata_message(prompt: str) -> str:
+    """The first user message: metadata of ``prompt`` (1600-char prefix), never the prompt."""
+    return json.dumps(
+        {
+            "state_metadata": {
+                "prompt_type": "str",
+                "prompt": _plain(text_metadata(prompt, PROMPT_PREFIX_CHARS)),
+            },
+            "instructions": (
+                "The full prompt is in the isolated REPL variable `prompt`, as a Python str. "
+                "Write Python to inspect it, recurse with rlm_query when useful, "
+                "build intermediate variables, and set `Final`."
+            ),
+        },
+        indent=2,
+    )
+
+
+def _final_problem(final: FinalValue) -> str:
+    shown = final.repr[:200]
+    return (
+        f"`Final` is set but is not JSON-serializable ({final.error or 'not serializable'}; "
+        f"type {final.type or '?'}, repr {shown!r}). The run goes on: set `Final` to a str, "
+        "number, bool, None, or a list/dict of those."
+    )
+
+
+def observation_message(result: ExecResult) -> str:
+    """What the model sees after a block: metadata of stdout and stderr (800-char prefixes).
+
+    As in the seed, plus what the seed could not say: the exception of a failed block (its
+    traceback is in stderr, but the last line may be past the prefix), an interruption, a reset
+    session, and a ``Final`` that could not be returned.
+    """
+    metadata: dict[str, Any] = {
+        "stdout": _plain(captured_metadata(result.stdout, OBSERVATION_PREFIX_CHARS)),
+        "stderr": _plain(captured_metadata(result.stderr, OBSERVATION_PREFIX_CHARS)),
+    }
+    if result.returncode is not None:
+        metadata["returncode"] = result.returncode
+    if result.error is not None:
+        metadata["error"] = f"{result.error.name}: {result.error.value}"[:OBSERVATION_PREFIX_CHARS]
+    if result.interrupted:
+        metadata["interrupted"] = "the block was stopped before it finished"
+    if result.session_reset:
+        metadata["session_reset"] = "the REPL was restarted: every variable is gone except `prompt`"
+    if result.final is not None and not result.final.ok:
+        metadata["final_error"] = _final_problem(result.final)
+    return "REPL observation metadata:\n" + json.dumps(metadata, indent=2)
+
+
+def paper_brief_task(text: str) -> str:
+    """The seed's task for a PDF given without ``--query``: a structured brief of a paper."""
+    return f"""Analyze the paper text below and produce a clear structured brief.
+Focus on:
+- the central claim and motivation
+- the RLM algorithm and what makes it different from ordinary agents
+- the experiments and strongest evidence
+- limitations, costs, and failure modes
+- what a minimal implementation must preserve
+Use recursive calls over meaningful chunks when helpful. Do not quote long
+passages. The final answer should be concise but substantive.
+[BEGIN PAPER TEXT]
+{text}
+[END PAPER TEXT]
+"""
+
+
+def smoke_task(text: str) -> str:
+    """The seed's ``--smoke`` task: three bullets about an excerpt, no recursion."""
+    return f"""Smoke test: summarize this excerpt from rlm.pdf in three bullets.
+Inspect `prompt` briefly if useful, then set `Final` to the answer as a string.
+Do not use recursive calls for this smoke test.
+[BEGIN EXCERPT]
+{text}
+[END EXCERPT]
+"""
+
+
+def query_task(query: str, context: str | None) -> str:
+    """``--query``: the question first (so it is in the prefix the model sees), then the context."""
+    if context is None:
+        return query
+    return f"""{query}
+
+[BEGIN CONTEXT]
+{context}
+[END CONTEXT]
+"""

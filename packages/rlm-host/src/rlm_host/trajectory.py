@@ -1,0 +1,233 @@
+"""The trajectory of a run: one JSON line per event, flushed as it happens.
+
+Events are frozen msgspec Structs in one tagged union (``event`` names the type), so the same
+objects can feed a live event API later. Every event carries ``ts`` (Unix time, seconds) and the
+``rlm`` id of the RLM it belongs to: the root is ``"0"``, its children ``"0.1"``, ``"0.2"``, ...,
+so a trajectory can be read back as a tree. A crash loses nothing already written, because
+each line is flushed before the engine goes on.
+
+>>> import io
+>>> sink = io.BytesIO()
+>>> recorder = TrajectoryRecorder(sink)
+>>> recorder.emit(FinalSet(ts=0.0, rlm="0", depth=0, step=1, answer="42"))
+>>> sink.getvalue()
+b'{"event":"final","ts":0.0,"rlm":"0","depth":0,"step":1,"answer":"42"}\\n'
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any, Union
+
+import msgspec
+
+from .llm.messages import Usage
+
+__all__ = [
+    "BlockRun",
+    "BudgetStop",
+    "ChildEnd",
+    "ChildStart",
+    "EngineError",
+    "Event",
+    "EventSink",
+    "FinalSet",
+    "ModelRequest",
+    "ModelResponse",
+    "Observation",
+    "RunEnd",
+    "RunStart",
+    "TrajectoryRecorder",
+    "default_trajectory_path",
+    "read_trajectory",
+]
+
+
+class _Event(msgspec.Struct, frozen=True, tag_field="event", kw_only=True):
+    """Base of every event: when, and which RLM of the tree."""
+
+    ts: float
+    rlm: str
+    depth: int
+
+
+class RunStart(_Event, frozen=True, tag="run_start"):
+    """The run began: the prompt's size and the options that shape it."""
+
+    run_id: str
+    prompt_chars: int
+    model: str
+    api: str
+    url: str
+    options: dict[str, Any] = {}
+
+
+class ModelRequest(_Event, frozen=True, tag="model_request"):
+    """A chat request is about to be sent (``call`` pairs it with its response)."""
+
+    call: int
+    step: int
+    model: str
+    messages: int
+    #: Characters of all message contents: what the model is shown.
+    request_chars: int
+    #: ``"rlm"`` for a step of an RLM, ``"leaf"`` for a plain ``llm_query``/depth-limit call.
+    purpose: str = "rlm"
+
+
+class ModelResponse(_Event, frozen=True, tag="model_response"):
+    """The reply to ``ModelRequest`` with the same ``call``, or why it failed (``error``)."""
+
+    call: int
+    step: int
+    duration: float
+    content: str = ""
+    usage: Usage = Usage()
+    attempts: int = 1
+    error: str | None = None
+
+
+class BlockRun(_Event, frozen=True, tag="block"):
+    """The code block that the model's reply asked to run."""
+
+    step: int
+    language: str
+    code: str
+
+
+class Observation(_Event, frozen=True, tag="observation"):
+    """What went back to the model after a block (the message text) and how the block ended."""
+
+    step: int
+    content: str
+    duration: float
+    returncode: int | None = None
+    error: str | None = None
+
+
+class ChildStart(_Event, frozen=True, tag="child_start"):
+    """A host call from ``parent`` started: a child RLM (``kind="rlm"``) or a leaf chat call."""
+
+    parent: str
+    kind: str
+    method: str
+    prompt_chars: int
+
+
+class ChildEnd(_Event, frozen=True, tag="child_end"):
+    """A child ended; ``error`` is set when it failed (its parent's code got an error string)."""
+
+    parent: str
+    kind: str
+    duration: float
+    answer_chars: int = 0
+    stop_reason: str = "final"
+    error: str | None = None
+
+
+class FinalSet(_Event, frozen=True, tag="final"):
+    """An RLM set a JSON-serializable ``Final``; ``answer`` is what it returns."""
+
+    step: int
+    answer: str
+
+
+class BudgetStop(_Event, frozen=True, tag="budget_stop"):
+    """A budget ended an RLM (``max_steps``) or the whole run (calls, tokens, wall time)."""
+
+    reason: str
+    detail: str
+
+
+class EngineError(_Event, frozen=True, tag="error"):
+    """An error that ended an RLM: model server down, guest died, ..."""
+
+    error_type: str
+    message: str
+
+
+class RunEnd(_Event, frozen=True, tag="run_end"):
+    """The run is over: how it stopped, what it cost."""
+
+    stop_reason: str
+    duration: float
+    usage: Usage
+    answer_chars: int = 0
+
+
+Event = Union[
+    RunStart,
+    ModelRequest,
+    ModelResponse,
+    BlockRun,
+    Observation,
+    ChildStart,
+    ChildEnd,
+    FinalSet,
+    BudgetStop,
+    EngineError,
+    RunEnd,
+]
+
+#: Receives every event as it is recorded (live progress display, an event API).
+EventSink = Callable[[Event], None]
+
+_encoder = msgspec.json.Encoder()
+_decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
+
+
+def default_trajectory_path(run_id: str, now: float | None = None) -> Path:
+    """``${XDG_STATE_HOME:-~/.local/state}/rlm/trajectories/<timestamp>-<id>.jsonl``."""
+    state_home = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(now))
+    return Path(state_home) / "rlm" / "trajectories" / f"{stamp}-{run_id}.jsonl"
+
+
+def new_run_id() -> str:
+    """A short random id, unique enough to name a run's files."""
+    return secrets.token_hex(4)
+
+
+class TrajectoryRecorder:
+    """Writes events to a binary file, one JSON line each, and forwards them to ``sinks``.
+
+    Writes are synchronous and small (one line): flushing each one is the point, so that the file
+    is complete up to the moment of a crash. The recorder does not close a file it was given.
+    """
+
+    def __init__(self, file: IO[bytes] | None, sinks: Sequence[EventSink] = ()) -> None:
+        self._file = file
+        self._sinks = tuple(sinks)
+        self.path: Path | None = None
+
+    @classmethod
+    def open(cls, path: Path, sinks: Sequence[EventSink] = ()) -> TrajectoryRecorder:
+        """Create ``path`` (and its folders) and record into it; call ``close`` when done."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        recorder = cls(open(path, "wb"), sinks)
+        recorder.path = path
+        return recorder
+
+    def emit(self, event: Event) -> None:
+        """Record one event: write and flush its line, then tell each sink."""
+        if self._file is not None:
+            self._file.write(_encoder.encode(event) + b"\n")
+            self._file.flush()
+        for sink in self._sinks:
+            sink(event)
+
+    def close(self) -> None:
+        """Close the file if this recorder opened it; idempotent."""
+        if self.path is not None and self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def read_trajectory(path: Path) -> list[Event]:
+    """Decode a trajectory file back into events (tests, ``rlm`` tooling)."""
+    with open(path, "rb") as file:
+        return [_decoder.decode(line) for line in file if line.strip()]

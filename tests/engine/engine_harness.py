@@ -1,0 +1,27 @@
+"""Helpers of the engine tests: options that point a run at a scripted server, locally."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from rlm_host.api import RunOptions
+from rlm_host.llm import Api
+
+
+def local_options(url: str, trajectory: Path, *, api: Api = "ollama", **changes: object) -> RunOptions:
+    """A run against ``url`` with the guest as a local subprocess and millisecond retries."""
+    base = RunOptions(
+        model="scripted",
+        llm_url=url,
+        api=api,
+        isolation="local",
+        trajectory_path=trajectory,
+        llm_backoff=0.001,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def fence(code: str, language: str = "python") -> str:
+    """A model reply with some prose and one fenced block."""
+    return f"Here is my step.\n```{language}\n{code}\n```\n"
