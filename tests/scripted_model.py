@@ -146,6 +146,12 @@ def _pieces(text: str, size: int = 7) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)] or [""]
 
 
+class _Server(ThreadingHTTPServer):
+    # The default listen backlog (5) drops the SYNs of a burst of concurrent requests, which
+    # then arrive a second later and look like a lack of concurrency on the client's side.
+    request_queue_size = 128
+
+
 class ScriptedModel:
     """The server; use as a context manager (``url``, ``log``, ``inject``, ``max_in_flight``)."""
 
@@ -165,7 +171,7 @@ class ScriptedModel:
         self._injected: collections.deque[Outcome] = collections.deque()
         self._lock = threading.Lock()
         self._closing = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = _Server(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         # A short poll interval: ``shutdown`` waits for the serving loop to notice, once per test.
         self._thread = threading.Thread(

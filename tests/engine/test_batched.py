@@ -1,0 +1,73 @@
+"""Batched host calls run concurrently, up to the run's bound, and come back in order."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from engine_harness import fence, local_options
+from rlm_host.api import run_rlm
+from rlm_host.trajectory import ChildStart, read_trajectory
+from scripted_model import ChatRequest, ScriptedModel
+
+#: Each leaf reply takes this long, so that overlap (or its absence) is unmistakable.
+LATENCY = 0.5
+
+BATCH_CODE = """
+answers = llm_query_batched([f"echo {i}" for i in range(8)])
+Final = answers
+"""
+
+
+def script(request: ChatRequest) -> str:
+    if request.is_leaf:
+        return request.last_user.replace("echo", "answer")
+    return fence(BATCH_CODE)
+
+
+
+
+@pytest.mark.parametrize("concurrency", [8, 1])
+async def test_eight_batched_leaf_calls(trajectory: Path, concurrency: int) -> None:
+    with ScriptedModel(script, latency=LATENCY) as server:
+        started = time.perf_counter()
+        result = await run_rlm(
+            "batch", options=local_options(server.url, trajectory, concurrency=concurrency)
+        )
+        elapsed = time.perf_counter() - started
+    assert result.answer is not None
+    assert [line.strip(' ",') for line in result.answer.splitlines()[1:-1]] == [
+        f"answer {i}" for i in range(8)
+    ]
+    leaf_records = [r for r in server.log if r.request is not None and r.request.is_leaf]
+    assert len(leaf_records) == 8
+    # The server saw all eight in flight together, or strictly one at a time.
+    assert server.max_in_flight() == concurrency
+    children = [e for e in read_trajectory(trajectory) if isinstance(e, ChildStart)]
+    assert {(c.kind, c.method, c.parent) for c in children} == {("leaf", "llm_query", "0")}
+    print(f"\n8 leaf calls at {LATENCY}s latency, concurrency {concurrency}: {elapsed:.2f}s")
+
+
+RLM_BATCH_CODE = """
+answers = rlm_query_batched([f"child {i}" for i in range(4)])
+Final = "|".join(answers)
+"""
+
+
+def rlm_batch_script(request: ChatRequest) -> str:
+    prefix = request.prompt_prefix
+    if prefix.startswith("child "):
+        return fence(f"Final = {prefix.upper()!r}")
+    return fence(RLM_BATCH_CODE)
+
+
+async def test_batched_children_are_rlms_in_their_own_sessions(trajectory: Path) -> None:
+    with ScriptedModel(rlm_batch_script, latency=0.2) as server:
+        result = await run_rlm("batch", options=local_options(server.url, trajectory, concurrency=4))
+    assert result.answer == "CHILD 0|CHILD 1|CHILD 2|CHILD 3"
+    assert server.max_in_flight() == 4
+    children = [e for e in read_trajectory(trajectory) if isinstance(e, ChildStart)]
+    assert sorted(c.rlm for c in children) == ["0.1", "0.2", "0.3", "0.4"]
+    assert {c.kind for c in children} == {"rlm"}
