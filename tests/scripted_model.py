@@ -168,6 +168,8 @@ class ScriptedModel:
         #: When set, a request for another model gets Ollama's/OpenAI's 404 "model not found".
         self.known_models = known_models
         self.log: list[RequestRecord] = []
+        #: Exceptions raised by the script (re-raised by ``close`` so that the test fails).
+        self.script_errors: list[Exception] = []
         self._injected: collections.deque[Outcome] = collections.deque()
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -186,6 +188,10 @@ class ScriptedModel:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+        if self.script_errors and exc_info[0] is None:
+            raise AssertionError(f"the model script failed: {self.script_errors[0]!r}") from (
+                self.script_errors[0]
+            )
 
     def close(self) -> None:
         """Release hanging requests, stop serving and free the port."""
@@ -231,7 +237,14 @@ class ScriptedModel:
                 return self._injected.popleft()
         if self.known_models is not None and request.model not in self.known_models:
             return Fail(404, f"model '{request.model}' not found")
-        return self.script(request)
+        try:
+            return self.script(request)
+        except Exception as error:
+            # A failed assertion in a script is the test's failure: keep it for the test to
+            # re-raise, and answer 400 so the client gives up at once instead of retrying.
+            with self._lock:
+                self.script_errors.append(error)
+            return Fail(400, f"script raised {type(error).__name__}: {error}")
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self

@@ -1,0 +1,125 @@
+"""Every budget ends the run (or the child) with a clear reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine_harness import fence, local_options
+from rlm_host.api import run_rlm
+from rlm_host.engine import MAX_STEPS_ANSWER
+from rlm_host.trajectory import BudgetStop, ChildStart, RunEnd, read_trajectory
+from scripted_model import ChatRequest, Hang, Outcome, Reply, ScriptedModel
+
+
+def never_final(request: ChatRequest) -> str:
+    return fence("print('still looking')")
+
+
+def stops(trajectory: Path) -> list[tuple[str, str]]:
+    return [(e.rlm, e.reason) for e in read_trajectory(trajectory) if isinstance(e, BudgetStop)]
+
+
+async def test_max_steps(trajectory: Path) -> None:
+    with ScriptedModel(never_final) as server:
+        result = await run_rlm("task", options=local_options(server.url, trajectory, max_steps=3))
+    assert (result.answer, result.stop_reason) == (None, "max_steps")
+    assert result.detail == "no Final after 3 steps"
+    assert len(server.requests()) == 3
+    assert stops(trajectory) == [("0", "max_steps")]
+    end = read_trajectory(trajectory)[-1]
+    assert isinstance(end, RunEnd) and end.stop_reason == "max_steps"
+
+
+async def test_child_gets_half_the_steps_and_returns_the_seed_message(trajectory: Path) -> None:
+    def script(request: ChatRequest) -> str:
+        if request.prompt_prefix == "sub task":
+            return fence("print('child still looking')")
+        return fence("Final = rlm_query('sub task')")
+
+    with ScriptedModel(script) as server:
+        result = await run_rlm("task", options=local_options(server.url, trajectory, max_steps=16))
+    assert result.answer == MAX_STEPS_ANSWER
+    child_requests = [r for r in server.requests() if r.prompt_prefix == "sub task"]
+    assert len(child_requests) == 8  # max(6, 16 // 2)
+    assert stops(trajectory) == [("0.1", "max_steps")]
+
+
+async def test_depth_limit_turns_rlm_query_into_a_plain_call(trajectory: Path) -> None:
+    def script(request: ChatRequest) -> str:
+        if request.is_leaf:
+            return "leaf says " + request.last_user
+        if request.prompt_prefix == "level 1":
+            return fence("Final = rlm_query('level 2')")
+        return fence("Final = rlm_query('level 1')")
+
+    with ScriptedModel(script) as server:
+        result = await run_rlm("root", options=local_options(server.url, trajectory, max_depth=2))
+    assert result.answer == "leaf says level 2"
+    children = [(c.rlm, c.depth, c.kind) for c in read_trajectory(trajectory) if isinstance(c, ChildStart)]
+    assert children == [("0.1", 1, "rlm"), ("0.1.1", 2, "leaf")]
+    assert [r.is_leaf for r in server.requests()] == [False, False, True]
+
+
+async def test_max_depth_one_makes_every_rlm_query_a_leaf(trajectory: Path) -> None:
+    def script(request: ChatRequest) -> str:
+        if request.is_leaf:
+            return "plain"
+        return fence("Final = rlm_query('question')")
+
+    with ScriptedModel(script) as server:
+        result = await run_rlm("root", options=local_options(server.url, trajectory, max_depth=1))
+    assert result.answer == "plain"
+
+
+async def test_max_model_calls(trajectory: Path) -> None:
+    with ScriptedModel(never_final) as server:
+        result = await run_rlm(
+            "task", options=local_options(server.url, trajectory, max_model_calls=2)
+        )
+    assert (result.answer, result.stop_reason) == (None, "max_model_calls")
+    assert "2 of 2 calls" in result.detail
+    assert len(server.requests()) == 2
+    assert stops(trajectory) == [("0", "max_model_calls")]
+
+
+async def test_max_tokens(trajectory: Path) -> None:
+    def script(request: ChatRequest) -> Outcome:
+        return Reply(fence("print(1)"), prompt_tokens=100, completion_tokens=100)
+
+    with ScriptedModel(script) as server:
+        result = await run_rlm("task", options=local_options(server.url, trajectory, max_tokens=300))
+    assert (result.answer, result.stop_reason) == (None, "max_tokens")
+    assert "400 of 300 tokens" in result.detail
+    assert len(server.requests()) == 2
+    assert result.usage.total_tokens == 400
+
+
+async def test_wall_time_while_the_model_hangs(trajectory: Path) -> None:
+    with ScriptedModel(lambda request: Hang()) as server:
+        result = await run_rlm("task", options=local_options(server.url, trajectory, max_seconds=0.3))
+    assert (result.answer, result.stop_reason) == (None, "wall_time")
+    assert stops(trajectory) == [("0", "wall_time")]
+
+
+async def test_wall_time_while_code_runs(trajectory: Path) -> None:
+    with ScriptedModel(lambda request: fence("import time\ntime.sleep(600)")) as server:
+        result = await run_rlm("task", options=local_options(server.url, trajectory, max_seconds=1.0))
+    assert result.stop_reason == "wall_time"
+
+
+async def test_run_wide_budget_hit_in_a_child_stops_the_run(trajectory: Path) -> None:
+    def script(request: ChatRequest) -> str:
+        if request.prompt_prefix == "sub task":
+            return fence("print('child step')")
+        if request.turn == 0:
+            return fence("answer = rlm_query('sub task')\nprint(answer)")
+        return fence("Final = 'unreachable'")
+
+    with ScriptedModel(script) as server:
+        result = await run_rlm(
+            "task", options=local_options(server.url, trajectory, max_model_calls=3)
+        )
+    assert result.stop_reason == "max_model_calls"
+    assert len(server.requests()) == 3
+    # The child stopped first, its parent's code printed the explanation, then the root stopped.
+    assert stops(trajectory) == [("0.1", "max_model_calls"), ("0", "max_model_calls")]
