@@ -11,7 +11,7 @@ each line is flushed before the engine goes on.
 >>> recorder = TrajectoryRecorder(sink)
 >>> recorder.emit(FinalSet(ts=0.0, rlm="0", depth=0, step=1, answer="42"))
 >>> sink.getvalue()
-b'{"event":"final","ts":0.0,"rlm":"0","depth":0,"step":1,"answer":"42"}\\n'
+b'{"event":"final","step":1,"answer":"42","ts":0.0,"rlm":"0","depth":0}\\n'
 """
 
 from __future__ import annotations

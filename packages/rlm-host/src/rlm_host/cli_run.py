@@ -1,0 +1,265 @@
+"""``rlm run``: answer a prompt (a file, stdin, a PDF, a question) with an RLM.
+
+The answer alone goes to stdout (or, with ``--json``, one JSON object with the answer, usage and
+trajectory path), so that ``rlm run`` composes in pipes. Progress goes to stderr, drawn with rich
+only when stderr is a terminal; otherwise stderr stays quiet except for errors.
+
+Exit status: 0 with an answer, 3 when a budget ended the run first, 2 on an error (model
+server, guest, unreadable file).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Optional
+
+import msgspec
+import trio
+import typer
+from rich.console import Console
+
+from .api import RunOptions, RunResult, run_rlm
+from .engine import paper_brief_task, query_task, smoke_task
+from .errors import RlmError
+from .pdf import is_pdf, pdf_text
+from .trajectory import (
+    BudgetStop,
+    ChildEnd,
+    ChildStart,
+    Event,
+    FinalSet,
+    ModelRequest,
+    ModelResponse,
+    RunStart,
+)
+
+__all__ = ["ApiChoice", "IsolationChoice", "build_prompt", "run"]
+
+#: The seed's ``--smoke`` excerpt size when ``--limit-chars`` is not given.
+SMOKE_DEFAULT_CHARS = 4000
+
+EXIT_BUDGET = 3
+EXIT_ERROR = 2
+
+
+class ApiChoice(str, enum.Enum):
+    """Which chat API the model server speaks."""
+
+    ollama = "ollama"
+    openai = "openai"
+
+
+class IsolationChoice(str, enum.Enum):
+    """Where model code runs."""
+
+    vm = "vm"
+    local = "local"
+
+
+def _read_input(file: Path) -> tuple[str, bool]:
+    """The text of ``file`` ('-': stdin) and whether it was a PDF."""
+    if str(file) == "-":
+        data = sys.stdin.buffer.read()
+        if data.startswith(b"%PDF-"):
+            raise typer.BadParameter("a PDF on stdin is not supported: pass its path", param_hint="FILE")
+        return data.decode("utf-8", errors="replace"), False
+    if not file.exists():
+        raise typer.BadParameter(f"{file} does not exist", param_hint="FILE")
+    if is_pdf(file):
+        return pdf_text(file), True
+    return file.read_text(encoding="utf-8", errors="replace"), False
+
+
+def build_prompt(
+    text: str | None, *, is_pdf: bool, query: str | None, smoke: bool, limit_chars: int | None
+) -> str:
+    """The task the root model gets, following the seed's rules.
+
+    - ``--smoke``: the seed's smoke task on the first ``limit_chars`` (default 4000) characters;
+    - ``--query``: the question, then the text (cut to ``limit_chars``) as a delimited context;
+    - a PDF without a query: the seed's paper brief; any other text: the text verbatim.
+
+    >>> build_prompt("body", is_pdf=False, query=None, smoke=False, limit_chars=None)
+    'body'
+    >>> build_prompt(None, is_pdf=False, query="2+2?", smoke=False, limit_chars=None)
+    '2+2?'
+    """
+    if smoke:
+        if text is None:
+            raise typer.BadParameter("--smoke needs a FILE")
+        return smoke_task(text[: limit_chars or SMOKE_DEFAULT_CHARS])
+    if text is not None and limit_chars:
+        text = text[:limit_chars]
+    if query is not None:
+        return query_task(query, text)
+    if text is None:
+        raise typer.BadParameter("give a FILE (or '-' for stdin), a --query, or both")
+    return paper_brief_task(text) if is_pdf else text
+
+
+@dataclass
+class _ProgressState:
+    steps: dict[str, int]
+    in_flight: int = 0
+    tokens: int = 0
+    calls: int = 0
+
+
+class Progress:
+    """Renders trajectory events on stderr: a status line and a log of notable events."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.state = _ProgressState(steps={})
+        self._status = console.status("starting", spinner="dots")
+
+    def __enter__(self) -> Progress:
+        self._status.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._status.stop()
+
+    def __call__(self, event: Event) -> None:
+        state = self.state
+        match event:
+            case RunStart():
+                self.console.log(f"model {event.model} via {event.api} at {event.url}")
+            case ModelRequest():
+                state.steps[event.rlm] = event.step
+                state.calls += 1
+            case ModelResponse():
+                state.tokens += event.usage.total_tokens
+            case ChildStart():
+                state.in_flight += 1
+                self.console.log(f"[dim]child {event.rlm} ({event.kind}) from {event.parent}")
+            case ChildEnd():
+                state.in_flight -= 1
+                if event.error:
+                    self.console.log(f"[red]child {event.rlm} failed: {event.error}")
+            case BudgetStop():
+                self.console.log(f"[yellow]{event.rlm}: {event.reason}: {event.detail}")
+            case FinalSet() if event.depth == 0:
+                self.console.log("[green]Final set")
+            case _:
+                pass
+        root_step = state.steps.get("0", 0)
+        self._status.update(
+            f"root step {root_step} | children in flight {state.in_flight} | "
+            f"model calls {state.calls} | tokens {state.tokens}"
+        )
+
+
+def _result_json(result: RunResult) -> str:
+    return json.dumps(
+        {
+            "answer": result.answer,
+            "stop_reason": result.stop_reason,
+            "detail": result.detail,
+            "usage": msgspec.to_builtins(result.usage),
+            "trajectory": str(result.trajectory_path) if result.trajectory_path else None,
+            "duration": round(result.duration, 3),
+            "run_id": result.run_id,
+        },
+        indent=2,
+    )
+
+
+def run(
+    file: Annotated[
+        Optional[Path], typer.Argument(help="Text or PDF file to work on; '-' reads stdin.")
+    ] = None,
+    query: Annotated[
+        Optional[str], typer.Option("--query", "-q", help="The question; FILE becomes its context.")
+    ] = None,
+    smoke: Annotated[
+        bool, typer.Option(help="The seed's smoke test: 3 bullets on the first --limit-chars.")
+    ] = False,
+    model: Annotated[Optional[str], typer.Option(help="Model name [env: RLM_MODEL].")] = None,
+    llm_url: Annotated[
+        Optional[str],
+        typer.Option(help="Model server URL [env: RLM_LLM_URL, OLLAMA_HOST, OPENAI_BASE_URL]."),
+    ] = None,
+    api: Annotated[Optional[ApiChoice], typer.Option(help="Chat API of the server.")] = None,
+    stream: Annotated[bool, typer.Option(help="Ask the server for streamed replies.")] = False,
+    max_steps: Annotated[int, typer.Option(help="Steps of the root RLM.")] = 18,
+    max_depth: Annotated[int, typer.Option(help="Recursion depth; at the limit rlm_query is a plain call.")] = 3,
+    max_model_calls: Annotated[Optional[int], typer.Option(help="Model calls in the whole run.")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Tokens in the whole run.")] = None,
+    max_seconds: Annotated[Optional[float], typer.Option(help="Wall time of the run.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Model requests in flight at once.")] = 4,
+    memory_mb: Annotated[int, typer.Option(help="VM memory in MiB.")] = 1536,
+    limit_chars: Annotated[
+        Optional[int], typer.Option(help="Cut the input to this many characters.")
+    ] = None,
+    isolation: Annotated[
+        IsolationChoice,
+        typer.Option(help="vm: in the QEMU VM. local: a subprocess ON THIS MACHINE (unsafe)."),
+    ] = IsolationChoice.vm,
+    network: Annotated[bool, typer.Option(help="Give the VM a user-mode NAT network.")] = False,
+    trajectory: Annotated[
+        Optional[Path],
+        typer.Option(help="Trajectory file [default: $XDG_STATE_HOME/rlm/trajectories/...]."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON object: answer, usage, trajectory path.")
+    ] = False,
+) -> None:
+    """Answer a prompt with a Recursive Language Model; the answer alone goes to stdout."""
+    if smoke and query is not None:
+        raise typer.BadParameter("--smoke runs the seed's fixed task: drop --query")
+    try:
+        text, pdf = _read_input(file) if file is not None else (None, False)
+    except RlmError as error:
+        print(f"rlm: {error}", file=sys.stderr)
+        raise typer.Exit(EXIT_ERROR) from error
+    prompt = build_prompt(text, is_pdf=pdf, query=query, smoke=smoke, limit_chars=limit_chars)
+
+    console = Console(stderr=True)
+    tty = console.is_terminal
+    if isolation is IsolationChoice.local:
+        print("rlm: --isolation local runs model code on this machine, unsandboxed", file=sys.stderr)
+    progress = Progress(console) if tty else None
+    options = RunOptions(
+        model=model,
+        llm_url=llm_url,
+        api=None if api is None else api.value,
+        stream=stream,
+        max_steps=max_steps,
+        max_depth=max_depth,
+        max_model_calls=max_model_calls,
+        max_tokens=max_tokens,
+        max_seconds=max_seconds,
+        concurrency=concurrency,
+        isolation=isolation.value,
+        memory_mb=memory_mb,
+        network=network,
+        trajectory_path=trajectory,
+        on_event=progress,
+    )
+    try:
+        if progress is not None:
+            with progress:
+                result = trio.run(lambda: run_rlm(prompt, options=options))
+        else:
+            result = trio.run(lambda: run_rlm(prompt, options=options))
+    except (RlmError, ValueError) as error:
+        print(f"rlm: {error}", file=sys.stderr)
+        raise typer.Exit(EXIT_ERROR) from error
+    if as_json:
+        print(_result_json(result))
+    elif result.answer is not None:
+        print(result.answer)
+    if result.answer is None:
+        print(f"rlm: stopped without an answer ({result.stop_reason}): {result.detail}", file=sys.stderr)
+        raise typer.Exit(EXIT_BUDGET)
+    if tty:
+        usage = result.usage
+        console.print(
+            f"[dim]{usage.calls} model calls, {usage.total_tokens} tokens, "
+            f"{result.duration:.1f} s; trajectory {result.trajectory_path}"
+        )
