@@ -21,6 +21,7 @@ import msgspec
 import trio
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .api import RunOptions, RunResult, run_rlm
 from .engine import paper_brief_task, query_task, smoke_task
@@ -128,7 +129,7 @@ class Progress:
         state = self.state
         match event:
             case RunStart():
-                self.console.log(f"model {event.model} via {event.api} at {event.url}")
+                self.console.log(escape(f"model {event.model} via {event.api} at {event.url}"))
             case ModelRequest():
                 state.steps[event.rlm] = event.step
                 state.calls += 1
@@ -136,13 +137,14 @@ class Progress:
                 state.tokens += event.usage.total_tokens
             case ChildStart():
                 state.in_flight += 1
-                self.console.log(f"[dim]child {event.rlm} ({event.kind}) from {event.parent}")
+                self.console.log(f"[dim]child {event.rlm} ({event.kind}) from {event.parent}[/]")
             case ChildEnd():
                 state.in_flight -= 1
                 if event.error:
-                    self.console.log(f"[red]child {event.rlm} failed: {event.error}")
+                    # Error texts are model/guest output: escaped, never read as rich markup.
+                    self.console.log(f"[red]child {event.rlm} failed:[/] {escape(event.error)}")
             case BudgetStop():
-                self.console.log(f"[yellow]{event.rlm}: {event.reason}: {event.detail}")
+                self.console.log(f"[yellow]{event.rlm}: {event.reason}:[/] {escape(event.detail)}")
             case FinalSet() if event.depth == 0:
                 self.console.log("[green]Final set")
             case _:
