@@ -63,6 +63,9 @@ _ReplyT = TypeVar("_ReplyT", bound=Frame)
 #: Reads this large keep the 16 MiB prompt path to a few dozen receive calls.
 RECEIVE_CHUNK = 1 << 20
 
+#: How long diagnosis of a dead guest may take (waiting for an exit status, reading a log).
+DEATH_DETAIL_SECONDS = 1.0
+
 
 class _Pending:
     """A request waiting for its reply."""
@@ -91,7 +94,7 @@ class GuestConnection:
         nursery: trio.Nursery,
         *,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-        death_detail: Callable[[], str] | None = None,
+        death_detail: Callable[[], Awaitable[str]] | None = None,
     ) -> None:
         self._stream = stream
         self._nursery = nursery
@@ -120,11 +123,12 @@ class GuestConnection:
         *,
         handshake_timeout: float = 60.0,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-        death_detail: Callable[[], str] | None = None,
+        death_detail: Callable[[], Awaitable[str]] | None = None,
     ) -> AsyncIterator[GuestConnection]:
         """Run the reader, complete the handshake, yield the connection, close it on exit.
 
-        ``death_detail`` is called when the guest dies, to add diagnosis (a VM console tail).
+        ``death_detail`` is awaited (for at most a second) when the guest dies, to add
+        diagnosis such as the exit status or a VM console tail.
 
         Raises:
             HandshakeError: no ``Hello`` within ``handshake_timeout`` or an incompatible major.
@@ -227,7 +231,7 @@ class GuestConnection:
             try:
                 await self._stream.send_all(view)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
-                self._die(self._died(f"sending to the guest failed: {error}"))
+                self._die(await self._died(f"sending to the guest failed: {error}"))
                 raise self._death from error  # type: ignore[misc]
 
     def new_call(self) -> int:
@@ -289,13 +293,14 @@ class GuestConnection:
 
     # --- reading -----------------------------------------------------------------------------
 
-    def _died(self, reason: str) -> GuestDiedError:
+    async def _died(self, reason: str) -> GuestDiedError:
         detail = ""
         if self._death_detail is not None:
-            try:
-                detail = self._death_detail()
-            except Exception as error:  # diagnosis must never mask the death itself
-                detail = f"(no detail: {error!r})"
+            with trio.move_on_after(DEATH_DETAIL_SECONDS):
+                try:
+                    detail = await self._death_detail()
+                except Exception as error:  # diagnosis must never mask the death itself
+                    detail = f"(no detail: {error!r})"
         return GuestDiedError(reason, detail)
 
     async def _reader(self) -> None:
@@ -304,12 +309,12 @@ class GuestConnection:
                 try:
                     data = await self._stream.receive_some(RECEIVE_CHUNK)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
-                    self._die(self._died(f"the guest channel broke: {error}"))
+                    self._die(await self._died(f"the guest channel broke: {error}"))
                     return
                 if not data:
                     self._decoder.eof()
                     reason = "the guest exited" if self._bye else "the guest closed the channel"
-                    self._die(self._died(reason))
+                    self._die(await self._died(reason))
                     return
                 for frame in self._decoder.feed(data):
                     self._dispatch(frame)

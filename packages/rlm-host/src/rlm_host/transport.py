@@ -49,8 +49,11 @@ class LocalGuestStream(trio.abc.Stream):
         await self._send.aclose()
         await self._receive.aclose()
 
-    def death_detail(self) -> str:
+    async def death_detail(self) -> str:
         """Exit status of the guest process, for ``GuestDiedError``."""
+        # The channel closes a moment before the process can be reaped: give it that moment.
+        with trio.move_on_after(0.5):
+            await self.process.wait()
         code = self.process.poll()
         if code is None:
             return f"guest process {self.process.pid} is still running"

@@ -1,0 +1,234 @@
+"""GuestConnection against scripted fake guests over in-memory streams (no subprocess)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import msgspec
+import pytest
+import trio
+import trio.testing
+
+from rlm_host import (
+    GuestConnection,
+    GuestDiedError,
+    GuestProtocolError,
+    HandshakeError,
+    SessionError,
+)
+from rlm_protocol import (
+    CAPABILITIES,
+    PROTOCOL_VERSION,
+    Captured,
+    ErrorFrame,
+    ExecResult,
+    Frame,
+    FrameDecoder,
+    Hello,
+    Limits,
+    OpenSession,
+    SessionOpened,
+    Welcome,
+    encode,
+)
+
+LIMITS = Limits(max_frame_bytes=1 << 20, max_output_chars=100, max_sessions=10)
+
+
+def hello(protocol: tuple[int, int] = PROTOCOL_VERSION) -> Hello:
+    return Hello(
+        protocol=protocol,
+        agent="fake",
+        agent_version="0",
+        capabilities=CAPABILITIES + ("from.the.future",),
+        limits=LIMITS,
+    )
+
+
+FakeGuest = Callable[[trio.abc.Stream, FrameDecoder], Awaitable[None]]
+
+
+async def run_against(guest: FakeGuest, body: Callable[[GuestConnection], Awaitable[None]]) -> None:
+    host_side, guest_side = trio.testing.memory_stream_pair()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(guest, guest_side, FrameDecoder())
+            with trio.fail_after(10):
+                async with GuestConnection.open(host_side, handshake_timeout=5) as connection:
+                    await body(connection)
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # Surface the one real failure (the fake guest's task is only ever cancelled).
+        leaves = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        raise
+
+
+async def receive(stream: trio.abc.Stream, decoder: FrameDecoder) -> list[Frame]:
+    while True:
+        frames = decoder.feed(await stream.receive_some())
+        if frames:
+            return frames  # type: ignore[return-value]
+
+
+async def test_different_major_is_refused_on_both_sides() -> None:
+    seen: list[Frame] = []
+
+    async def guest(stream: trio.abc.Stream, decoder: FrameDecoder) -> None:
+        await stream.send_all(encode(hello((2, 0))))
+        seen.extend(await receive(stream, decoder))
+
+    async def body(connection: GuestConnection) -> None:
+        raise AssertionError("unreachable")
+
+    with pytest.raises(HandshakeError, match=r"protocol 2\.0.*majors differ"):
+        await run_against(guest, body)
+    # The host still said who it is, so the guest can refuse with its own message.
+    assert isinstance(seen[0], Welcome) and seen[0].protocol == PROTOCOL_VERSION
+
+
+async def test_newer_minor_with_unknown_fields_frames_and_capabilities_works() -> None:
+    async def guest(stream: trio.abc.Stream, decoder: FrameDecoder) -> None:
+        newer = msgspec.msgpack.encode(
+            {**msgspec.to_builtins(hello((1, 9))), "kind": "hello", "brand_new_field": [1, 2]}
+        )
+        await stream.send_all(len(newer).to_bytes(4, "big") + newer)
+        welcome = (await receive(stream, decoder))[0]
+        assert isinstance(welcome, Welcome)
+        # Capabilities the host does not know are not echoed back as "used".
+        assert "from.the.future" not in welcome.capabilities
+        unknown = msgspec.msgpack.encode({"kind": "telemetry", "cpu": 0.5})
+        await stream.send_all(len(unknown).to_bytes(4, "big") + unknown)
+        request = (await receive(stream, decoder))[0]
+        assert isinstance(request, OpenSession)
+        await stream.send_all(encode(SessionOpened(session=request.session, call=request.call)))
+        await trio.sleep_forever()
+
+    async def body(connection: GuestConnection) -> None:
+        assert connection.hello.protocol == (1, 9)
+        session = await connection.open_session()
+        assert session.id
+
+    await run_against(guest, body)
+
+
+async def test_missing_hello_times_out_with_a_clear_error() -> None:
+    async def guest(stream: trio.abc.Stream, decoder: FrameDecoder) -> None:
+        await trio.sleep_forever()
+
+    async def body(connection: GuestConnection) -> None:
+        raise AssertionError("unreachable")
+
+    host_side, _guest_side = trio.testing.memory_stream_pair()
+    with pytest.raises(HandshakeError, match="no Hello"):
+        async with GuestConnection.open(host_side, handshake_timeout=0.2):
+            pass
+
+
+async def test_first_frame_other_than_hello_is_a_protocol_error() -> None:
+    async def guest(stream: trio.abc.Stream, decoder: FrameDecoder) -> None:
+        await stream.send_all(encode(SessionOpened(session="s", call=1)))
+        await trio.sleep_forever()
+
+    async def body(connection: GuestConnection) -> None:
+        raise AssertionError("unreachable")
+
+    with pytest.raises(GuestProtocolError, match="expected Hello"):
+        await run_against(guest, body)
+
+
+async def test_garbage_fails_waiters_with_a_protocol_error() -> None:
+    async def guest(stream: trio.abc.Stream, decoder: FrameDecoder) -> None:
+        await stream.send_all(encode(hello()))
+        await receive(stream, decoder)  # Welcome
+        await receive(stream, decoder)  # OpenSession
+        await stream.send_all(b"\x00\x00\x00\x03\xc1\xc1\xc1")
+        await trio.sleep_forever()
+
+    async def body(connection: GuestConnection) -> None:
+        with pytest.raises(GuestProtocolError, match="broke the protocol"):
+            await connection.open_session()
+
+    await run_against(guest, body)
+
+
+async def test_replies_out_of_order_and_error_frames_route_by_call() -> None:
+    async def guest(stream: trio.abc.Stream, decoder: FrameDecoder) -> None:
+        await stream.send_all(encode(hello()))
+        await receive(stream, decoder)
+        requests: list[Frame] = []
+        while len(requests) < 2:
+            requests += await receive(stream, decoder)
+        first, second = requests
+        assert isinstance(first, OpenSession) and isinstance(second, OpenSession)
+        # Answer the second first, and refuse the first.
+        await stream.send_all(encode(SessionOpened(session=second.session, call=second.call)))
+        await stream.send_all(
+            encode(ErrorFrame(code="too_large", message="full", session=first.session, call=first.call))
+        )
+        await trio.sleep_forever()
+
+    outcomes: dict[str, object] = {}
+
+    async def body(connection: GuestConnection) -> None:
+        async def one(name: str) -> None:
+            try:
+                outcomes[name] = await connection.open_session()
+            except SessionError as error:
+                outcomes[name] = error
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one, "a")
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(one, "b")
+
+    await run_against(guest, body)
+    assert isinstance(outcomes["a"], SessionError) and outcomes["a"].code == "too_large"
+    assert not isinstance(outcomes["b"], SessionError)
+
+
+async def test_late_reply_to_a_cancelled_request_is_dropped() -> None:
+    async def guest(stream: trio.abc.Stream, decoder: FrameDecoder) -> None:
+        await stream.send_all(encode(hello()))
+        await receive(stream, decoder)
+        opened = (await receive(stream, decoder))[0]
+        assert isinstance(opened, OpenSession)
+        await stream.send_all(encode(SessionOpened(session=opened.session, call=opened.call)))
+        exec_request = (await receive(stream, decoder))[0]
+        # The host gives up on this exec and interrupts; the late result must be dropped.
+        await receive(stream, decoder)
+        await stream.send_all(
+            encode(
+                ExecResult(
+                    session=opened.session,
+                    call=exec_request.call,  # type: ignore[attr-defined]
+                    stdout=Captured(),
+                    stderr=Captured(),
+                )
+            )
+        )
+        await trio.sleep_forever()
+
+    async def body(connection: GuestConnection) -> None:
+        session = await connection.open_session()
+        with trio.move_on_after(0.2):
+            await session.exec("while True: pass")
+        await trio.sleep(0.1)
+        assert not connection.closed
+
+    await run_against(guest, body)
+
+
+async def test_guest_closing_the_channel_fails_requests_with_guest_died() -> None:
+    async def guest(stream: trio.abc.Stream, decoder: FrameDecoder) -> None:
+        await stream.send_all(encode(hello()))
+        await receive(stream, decoder)
+        await receive(stream, decoder)
+        await stream.aclose()
+
+    async def body(connection: GuestConnection) -> None:
+        with pytest.raises(GuestDiedError, match="closed the channel"):
+            await connection.open_session()
+
+    await run_against(guest, body)
