@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import trio
 import typer
 
+from .cli_run import run
 from .errors import RlmError
 from .isolation import GuestOptions, Isolation, open_guest
 
@@ -80,6 +81,9 @@ async def _exec(code: str, language: str, options: GuestOptions, timeout: float 
     if result.interrupted:
         print("rlm: the block was interrupted", file=sys.stderr)
     return result.error is not None or bool(result.returncode)
+
+
+app.command("run")(run)
 
 
 def main() -> None:
