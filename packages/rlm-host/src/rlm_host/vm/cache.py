@@ -1,0 +1,39 @@
+"""Where the VM layer keeps its files: the XDG cache directory.
+
+Layout (``$XDG_CACHE_HOME/rlm``, default ``~/.cache/rlm``)::
+
+    images/<hash>/          one built guest image (rootfs.ext4, vmlinux, initramfs, manifest.json)
+    images/<hash>/agent/    per-wheelhouse agent overlays (qcow2 over rootfs.ext4)
+    share/                  exported read-only to every guest as the 9p tag ``rlmcache``
+    share/wheelhouse/<hash>/ wheels of rlm-protocol, rlm-guest and msgspec
+    downloads/              downloaded inputs (msgspec wheel, Alpine ISO)
+    accel.json              the cached accelerator probe result
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["cache_root", "downloads_dir", "images_dir", "share_dir"]
+
+
+def cache_root() -> Path:
+    """Return ``$XDG_CACHE_HOME/rlm`` (``~/.cache/rlm`` when unset); not created here."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "rlm"
+
+
+def images_dir() -> Path:
+    """Directory holding one sub-directory per built image hash."""
+    return cache_root() / "images"
+
+
+def share_dir() -> Path:
+    """Directory exported read-only to guests over 9p (mounted at ``/cache``)."""
+    return cache_root() / "share"
+
+
+def downloads_dir() -> Path:
+    """Directory for downloaded build inputs, kept across image builds."""
+    return cache_root() / "downloads"

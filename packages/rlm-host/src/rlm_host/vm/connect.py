@@ -1,0 +1,55 @@
+"""From options to a handshaken :class:`~rlm_host.connection.GuestConnection` in a VM."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..connection import GuestConnection
+from .cache import share_dir
+from .image import GuestImage, find_image
+from .provision import ensure_agent_disk
+from .qemu import VMConfig, default_cpus, open_vm
+from .wheelhouse import ensure_wheelhouse
+
+if TYPE_CHECKING:
+    from ..isolation import GuestOptions
+
+__all__ = ["open_vm_guest", "prepare_vm_config"]
+
+
+def prepare_vm_config(
+    *, memory_mb: int = 1536, cpus: int | None = None, network: bool = False, image: GuestImage | None = None
+) -> VMConfig:
+    """Find the image, build the wheelhouse and the agent disk if needed; return a config.
+
+    Blocking (the first call after a guest-code change provisions the agent: ~1 min).
+
+    Raises:
+        ImageNotFoundError: no image is built (``rlm image build``).
+        ImageBuildError: the wheelhouse or the agent disk could not be made.
+    """
+    image = image or find_image()
+    wheelhouse = ensure_wheelhouse()
+    disk = ensure_agent_disk(image, wheelhouse)
+    return VMConfig(
+        kernel=image.kernel, initramfs=image.initramfs, disk=disk, memory_mb=memory_mb,
+        cpus=cpus or default_cpus(), network=network, share=share_dir(),
+    )
+
+
+@asynccontextmanager
+async def open_vm_guest(options: GuestOptions) -> AsyncIterator[GuestConnection]:
+    """Boot a VM as ``options`` say and yield the handshaken connection to its agent.
+
+    Raises:
+        VMError: (and subclasses) the VM could not be built, booted, or died.
+    """
+    config = await trio.to_thread.run_sync(
+        lambda: prepare_vm_config(memory_mb=options.memory_mb, cpus=options.cpus, network=options.network)
+    )
+    async with open_vm(config) as vm, GuestConnection.open(vm.stream, death_detail=vm.death_detail) as connection:
+        yield connection

@@ -1,0 +1,84 @@
+"""Install the guest agent into an image, once per wheelhouse.
+
+Why not pip-install at every boot: pip alone takes many seconds under TCG. Why not bake the
+agent into the base image: every change to the guest code would then rebuild the whole
+Debian root (a minute or more). Instead each wheelhouse gets a small qcow2 overlay over the
+read-only ``rootfs.ext4``: one "provisioning" boot mounts it read-write, runs
+``pip install --no-index --find-links /cache/wheelhouse/<hash> rlm-guest`` (no network), and
+powers off. Normal boots attach that overlay read-only. Its name is the wheelhouse hash, so
+host and guest always run the same protocol code.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+from .accel import find_qemu, probe_accel
+from .cache import share_dir
+from .errors import ImageBuildError
+from .guest_scripts import PROVISION_OK
+from .image import GuestImage
+from .qemu import VMConfig, _set_pdeathsig, qemu_command
+from .wheelhouse import Wheelhouse
+
+__all__ = ["agent_disk_path", "ensure_agent_disk"]
+
+_PROVISION_TIMEOUT = 900.0
+
+
+def agent_disk_path(image: GuestImage, wheelhouse: Wheelhouse) -> Path:
+    """Where the agent overlay of ``image`` for ``wheelhouse`` lives."""
+    return image.path / "agent" / f"{wheelhouse.hash}.qcow2"
+
+
+def ensure_agent_disk(image: GuestImage, wheelhouse: Wheelhouse, *, log: Path | None = None) -> Path:
+    """Return the agent overlay disk, provisioning it first if needed (blocking, ~30-90 s).
+
+    Raises:
+        ImageBuildError: qemu-img or the provisioning boot failed (the message has the
+            guest console tail).
+    """
+    target = agent_disk_path(image, wheelhouse)
+    if target.exists():
+        return target
+    qemu = find_qemu()
+    if qemu is None:
+        raise ImageBuildError("qemu-system-x86_64 not found. Fix: sudo scripts/setup-system.sh")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.stem}.tmp-{os.getpid()}.qcow2")
+    result = subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(image.rootfs), str(tmp)],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL,
+    )
+    if result.returncode != 0:
+        raise ImageBuildError(f"qemu-img create failed (install qemu-utils): {result.stderr.strip()}")
+    try:
+        with tempfile.TemporaryDirectory(prefix="rlm-prov-") as run:
+            run_dir = Path(run)
+            console = log or run_dir / "console.log"
+            config = VMConfig(
+                kernel=image.kernel, initramfs=image.initramfs, disk=tmp, writable_disk=True,
+                share=share_dir(), extra_kernel_args=("rlm.provision", f"rlm.wheelhouse={wheelhouse.relative}"),
+            )
+            cmd = qemu_command(config, qemu=qemu, accel=probe_accel(), run_dir=run_dir, console=console)
+            try:
+                proc = subprocess.run(
+                    cmd, capture_output=True, text=True, timeout=_PROVISION_TIMEOUT,
+                    stdin=subprocess.DEVNULL, preexec_fn=_set_pdeathsig,
+                )
+            except subprocess.TimeoutExpired as exc:
+                raise ImageBuildError(f"provisioning the agent did not finish in {_PROVISION_TIMEOUT:.0f} s") from exc
+            text = console.read_text(errors="replace")
+            if PROVISION_OK not in text:
+                tail = "\n".join(text.splitlines()[-30:])
+                raise ImageBuildError(
+                    f"installing the agent in the guest failed (qemu exit {proc.returncode}, {proc.stderr.strip()})\n"
+                    f"--- guest console (tail) ---\n{tail}"
+                )
+        tmp.rename(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target

@@ -1,0 +1,380 @@
+"""The QEMU launcher: one guest VM owned by a trio ``async with``.
+
+    async with open_vm(VMConfig(memory_mb=1536)) as vm:
+        stream = vm.stream          # trio.SocketStream on the agent's virtio-serial port
+        print(vm.timings)           # boot-to-ready breakdown
+
+Channels: the agent speaks on a virtio-serial port whose QEMU chardev is a unix socket we
+connect to (DESIGN.md: ~450x faster than the emulated UART the seed used); the serial
+console goes to a log file, used for diagnosis (:meth:`VM.console_tail`) and for the boot
+breakdown (``rlm-init:`` lines carry the guest's uptime).
+
+Lifetime: QEMU gets ``PR_SET_PDEATHSIG=SIGKILL`` (it dies with the host process even on
+SIGKILL of the host) and is killed in ``finally``. A watcher task waits on a pidfd of the
+QEMU process, so an exit is noticed at once; it cancels the ``async with`` body, which then
+raises :class:`~.errors.VMDiedError` with the console tail.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import trio
+
+from .accel import AccelChoice, find_qemu, probe_accel
+from .errors import BootTimeoutError, VMDiedError, VMError
+from .guest_scripts import AGENT_PORT_NAME, CACHE_MOUNT_TAG
+
+__all__ = ["BootTimings", "VM", "VMConfig", "default_cpus", "open_vm", "qemu_command"]
+
+# Kernel arguments. quiet: printing to the emulated UART is slow under TCG. panic=-1 with
+# -no-reboot: a guest panic (e.g. the agent, PID 1's child, taking init down) ends QEMU, which
+# the watcher reports. The rest skip work that a throwaway VM does not need (each measured to
+# shave boot time under TCG): mitigation patching, KASLR, clock-source checks, crypto
+# self-tests, audit, legacy PS/2 probing. random.trust_cpu: seed the RNG from RDRAND at once so
+# Python's os.urandom never blocks at start.
+_KERNEL_ARGS = (
+    "console=ttyS0", "quiet", "panic=-1", "mitigations=off", "nokaslr", "tsc=reliable",
+    "no_timer_check", "cryptomgr.notests", "random.trust_cpu=on", "audit=0", "8250.nr_uarts=1",
+    "i8042.noaux", "i8042.nokbd", "i8042.nopnp",
+)
+_QBOOT = Path("/usr/share/qemu/qboot.rom")
+_CONSOLE_TAIL_BYTES = 64 * 1024
+_INIT_LINE = re.compile(r"rlm-init: (.+?) ([0-9]+\.[0-9]+)(?: [0-9.]+)?\s*$")
+
+
+def default_cpus() -> int:
+    """vCPUs for a guest: 2 when the host has more than one core (TCG runs one thread each)."""
+    return 2 if (os.cpu_count() or 1) > 1 else 1
+
+
+@dataclass(frozen=True)
+class VMConfig:
+    """How to start one guest VM.
+
+    ``disk`` is the root disk: the provisioned agent overlay by default (see
+    :func:`.provision.ensure_agent_disk`, done by :func:`.connect.open_vm_guest`), or any
+    raw/qcow2 image with the rlm init scripts. ``guest_entry`` replaces the agent with a
+    script run as ``python3 <guest_entry> --device <port>`` (test stand-ins).
+    """
+
+    kernel: Path
+    initramfs: Path
+    disk: Path
+    memory_mb: int = 1536
+    cpus: int = field(default_factory=default_cpus)
+    network: bool = False
+    share: Path | None = None
+    accel: AccelChoice | None = None
+    boot_timeout: float = 180.0
+    guest_entry: str | None = None
+    extra_kernel_args: tuple[str, ...] = ()
+    writable_disk: bool = False
+    console_log: Path | None = None
+
+
+@dataclass
+class BootTimings:
+    """Boot-to-ready breakdown in seconds.
+
+    Host-measured: ``total`` (QEMU spawn to the agent's first bytes) and ``qemu_socket``
+    (spawn until the agent socket accepted us). Guest-measured from console lines, mapped to
+    host time via the moment the first ``rlm-init`` line appeared: ``firmware`` (QEMU start to
+    kernel entry, estimated), ``kernel`` (kernel entry to /init), ``modules`` (initramfs module
+    loading), ``switch_root`` (mounts and switch_root), ``userspace`` (stage-2 init up to the
+    agent exec), ``agent`` (python start to first bytes).
+    """
+
+    total: float = 0.0
+    qemu_socket: float = 0.0
+    firmware: float | None = None
+    kernel: float | None = None
+    modules: float | None = None
+    switch_root: float | None = None
+    userspace: float | None = None
+    agent: float | None = None
+
+    def as_dict(self) -> dict[str, float | None]:
+        """Rounded values for JSON output."""
+        return {k: (round(v, 3) if v is not None else None) for k, v in asdict(self).items()}
+
+
+def qemu_command(config: VMConfig, *, qemu: str, accel: AccelChoice, run_dir: Path, console: Path) -> list[str]:
+    """The full QEMU command line for ``config`` (pure: no side effects)."""
+    disk_format = "qcow2" if config.disk.suffix == ".qcow2" else "raw"
+    kernel_args = [*_KERNEL_ARGS, *config.extra_kernel_args]
+    if config.guest_entry:
+        kernel_args.append(f"rlm.entry={config.guest_entry}")
+    if config.network:
+        kernel_args.append("rlm.network")
+    if config.share is None:
+        kernel_args.append("rlm.nocache")
+    cmd = [
+        qemu, "-name", "rlm-guest", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        *accel.qemu_args,
+        "-machine", "q35",
+        "-m", str(config.memory_mb), "-smp", str(config.cpus),
+        "-kernel", str(config.kernel), "-initrd", str(config.initramfs), "-append", " ".join(kernel_args),
+        "-serial", f"file:{console}",
+        "-drive", f"file={config.disk},format={disk_format},if=virtio,cache=unsafe"
+        + ("" if config.writable_disk else ",readonly=on"),
+        "-chardev", f"socket,id=agent,path={run_dir / 'agent.sock'},server=on,wait=off",
+        "-device", "virtio-serial-pci",
+        "-device", f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}",
+    ]
+    if _QBOOT.exists():
+        # qboot: a minimal firmware that jumps to the PVH kernel sooner than SeaBIOS. (It
+        # hangs with -device vmgenid, which snapshot restores would want; not used yet.)
+        cmd += ["-bios", str(_QBOOT)]
+    if config.share is not None:
+        cmd += ["-virtfs", f"local,path={config.share},mount_tag={CACHE_MOUNT_TAG},security_model=none,readonly=on"]
+    cmd += ["-nic", "user,model=virtio-net-pci"] if config.network else ["-nic", "none"]
+    return cmd
+
+
+def _set_pdeathsig() -> None:
+    # Runs in the child between fork and exec: ask the kernel to SIGKILL QEMU when the
+    # thread that forked it (our main thread) dies. PR_SET_PDEATHSIG = 1.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)
+
+
+class VM:
+    """A running guest. Made by :func:`open_vm`; valid inside its ``async with`` only."""
+
+    def __init__(self, process: subprocess.Popen[bytes], run_dir: Path, console: Path, command: list[str]) -> None:
+        self.process = process
+        self.run_dir = run_dir
+        self.console_path = console
+        self.command = command
+        self.timings = BootTimings()
+        self._stream: trio.SocketStream | None = None
+        self._closing = False
+        self._died = False
+        self._console_scope = trio.CancelScope()
+        self._init_lines: list[tuple[float, str, float]] = []  # (host time, label, guest uptime)
+
+    @property
+    def pid(self) -> int:
+        """Process id of QEMU."""
+        return self.process.pid
+
+    @property
+    def stream(self) -> trio.SocketStream:
+        """The agent's byte stream (virtio-serial port), connected and ready."""
+        if self._stream is None:
+            raise VMError("the VM's agent stream is not connected yet")
+        return self._stream
+
+    @property
+    def returncode(self) -> int | None:
+        """QEMU's exit status once it has exited, else None."""
+        return self.process.poll()
+
+    def console_tail(self, max_lines: int = 40) -> str:
+        """The last ``max_lines`` lines of the guest console log."""
+        try:
+            with self.console_path.open("rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - _CONSOLE_TAIL_BYTES))
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-max_lines:])
+
+    async def death_detail(self) -> str:
+        """QEMU's exit status and the console tail (for ``GuestConnection.open(death_detail=...)``).
+
+        The agent's socket closes a moment before QEMU is reaped, so this waits briefly for
+        the exit status (cancellable).
+        """
+        for _ in range(50):
+            if self.process.poll() is not None:
+                break
+            await trio.sleep(0.01)
+        code = self.process.poll()
+        state = f"qemu (pid {self.pid}) " + ("is still running" if code is None else f"exited with status {code}")
+        return state + "\n--- guest console (tail) ---\n" + self.console_tail()
+
+    def qemu_stderr(self) -> str:
+        """What QEMU itself printed (argument errors, assertion failures)."""
+        try:
+            return (self.run_dir / "qemu.stderr").read_text(errors="replace")[-4000:].strip()
+        except OSError:
+            return ""
+
+    def died_error(self, message: str = "the VM's QEMU process exited") -> VMDiedError:
+        """A :class:`VMDiedError` describing the current state."""
+        if stderr := self.qemu_stderr():
+            message += f"; qemu said: {stderr}"
+        return VMDiedError(message, returncode=self.process.poll(), console_tail=self.console_tail())
+
+    def kill(self) -> None:
+        """Kill QEMU now (idempotent; does not wait long: SIGKILL cannot be refused)."""
+        self._closing = True
+        if self.process.poll() is None:
+            self.process.kill()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a process in D state
+            pass
+
+    async def _watch(self, cancel_scope: trio.CancelScope) -> None:
+        # pidfd becomes readable when the process exits: no polling, no SIGCHLD handler.
+        pidfd = os.pidfd_open(self.pid)
+        try:
+            await trio.lowlevel.wait_readable(pidfd)
+        finally:
+            os.close(pidfd)
+        self.process.wait()
+        if not self._closing:
+            self._died = True
+            cancel_scope.cancel()
+
+    async def _follow_console(self, spawned: float) -> None:
+        with self._console_scope:
+            await self._follow_console_lines(spawned)
+
+    async def _follow_console_lines(self, spawned: float) -> None:
+        # Record when each rlm-init line appears, to map guest uptime onto host time.
+        offset = 0
+        partial = b""
+        while True:
+            try:
+                with self.console_path.open("rb") as f:
+                    f.seek(offset)
+                    chunk = f.read()
+            except FileNotFoundError:
+                chunk = b""
+            now = time.monotonic() - spawned
+            if chunk:
+                offset += len(chunk)
+                *lines, partial = (partial + chunk).split(b"\n")
+                for raw in lines:
+                    match = _INIT_LINE.search(raw.decode("utf-8", "replace"))
+                    if match:
+                        self._init_lines.append((now, match.group(1), float(match.group(2))))
+            await trio.sleep(0.01)
+
+    async def _connect(self, deadline: float) -> None:
+        path = self.run_dir / "agent.sock"
+        while True:
+            if self.process.poll() is not None:
+                raise self.died_error("QEMU exited during start-up")
+            try:
+                self._stream = await trio.open_unix_socket(str(path))
+                return
+            except OSError as exc:
+                # QEMU creates the socket file (bind) a moment before it listens.
+                if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED):
+                    raise VMError(f"cannot connect to the agent socket {path}: {exc}") from exc
+            if trio.current_time() > deadline:
+                raise BootTimeoutError("QEMU did not open the agent socket", console_tail=self.console_tail())
+            await trio.sleep(0.005)
+
+    def _compute_timings(self, total: float, socket_at: float) -> None:
+        t = self.timings
+        t.total, t.qemu_socket = total, socket_at
+        by_label = {label: (host, uptime) for host, label, uptime in self._init_lines}
+        if "modules" not in by_label:
+            return
+        host_first, up_first = by_label["modules"]
+        # The first line appeared (host time) at most ~10 ms after the guest printed it.
+        kernel_entry = host_first - up_first
+        t.firmware = max(0.0, kernel_entry)
+        t.kernel = up_first
+        if "modules loaded" in by_label:
+            t.modules = by_label["modules loaded"][1] - up_first
+            if "stage2" in by_label:
+                t.switch_root = by_label["stage2"][1] - by_label["modules loaded"][1]
+                if "agent" in by_label:
+                    t.userspace = by_label["agent"][1] - by_label["stage2"][1]
+                    t.agent = total - (kernel_entry + by_label["agent"][1])
+
+
+@asynccontextmanager
+async def open_vm(config: VMConfig) -> AsyncIterator[VM]:
+    """Boot a VM, wait until its agent has sent its first bytes, and yield it.
+
+    On exit QEMU is killed, whatever happened in the block.
+
+    Raises:
+        VMDiedError: QEMU exited during boot or inside the block (noticed at once; the
+            block is cancelled).
+        BootTimeoutError: the agent was not ready within ``config.boot_timeout``.
+        VMError: QEMU is missing or the VM could not be set up.
+    """
+    qemu = find_qemu()
+    if qemu is None:
+        raise VMError("qemu-system-x86_64 not found. Fix: sudo scripts/setup-system.sh (apt-get install qemu-system-x86)")
+    accel = config.accel if config.accel is not None else await trio.to_thread.run_sync(probe_accel)
+    # Short private directory: unix socket paths are limited to 107 bytes.
+    run_dir = Path(tempfile.mkdtemp(prefix="rlm-vm-"))
+    console = config.console_log or run_dir / "console.log"
+    console.touch()
+    command = qemu_command(config, qemu=qemu, accel=accel, run_dir=run_dir, console=console)
+    spawned = time.monotonic()
+    # Started from the calling (trio main) thread on purpose: PDEATHSIG follows the thread
+    # that forked, and trio's worker threads come and go.
+    with (run_dir / "qemu.stderr").open("wb") as stderr:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+            preexec_fn=_set_pdeathsig, close_fds=True,
+        )
+    vm = VM(process, run_dir, console, command)
+    died: VMDiedError | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(vm._watch, nursery.cancel_scope)
+            nursery.start_soon(vm._follow_console, spawned)
+            deadline = trio.current_time() + config.boot_timeout
+            await vm._connect(deadline)
+            socket_at = time.monotonic() - spawned
+            with trio.move_on_at(deadline) as ready_scope:
+                # Readiness = the agent's first bytes (its Hello). Waiting for readability
+                # does not consume them: the connection reads the Hello itself.
+                await trio.lowlevel.wait_readable(vm.stream.socket)
+            if ready_scope.cancelled_caught:
+                raise BootTimeoutError(
+                    f"the guest agent was not ready after {config.boot_timeout:.0f} s", console_tail=vm.console_tail()
+                )
+            # One more console read so that the last rlm-init line is counted.
+            await trio.sleep(0.02)
+            vm._console_scope.cancel()
+            vm._compute_timings(time.monotonic() - spawned, socket_at)
+            try:
+                yield vm
+            finally:
+                vm._closing = True
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The nursery wraps what the block raised; a caller of a context manager should see
+        # the exception itself (trio's advice for nurseries inside context managers).
+        if len(group.exceptions) != 1:
+            raise
+        inner = group.exceptions[0]
+        raise inner.with_traceback(inner.__traceback__) from inner.__cause__
+    finally:
+        if vm._stream is not None:
+            with trio.CancelScope(shield=True):
+                await vm._stream.aclose()
+        vm.kill()
+        if vm._died:
+            died = vm.died_error()  # before the run directory (and QEMU's stderr) goes
+        if config.console_log is None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    if died is not None:
+        raise died
