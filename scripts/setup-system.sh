@@ -11,7 +11,7 @@
 #   xorriso          extracts the Alpine ISO (alpine recipe only)
 set -eu
 
-PACKAGES="qemu-system-x86 qemu-utils mmdebstrap debian-archive-keyring e2fsprogs busybox-static dpkg xorriso ca-certificates"
+PACKAGES="qemu-system-x86 qemu-utils mmdebstrap debian-archive-keyring e2fsprogs busybox-static dpkg xorriso ca-certificates chromium"
 
 if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null 2>&1; then
