@@ -1,0 +1,644 @@
+"""The behavioural checks of the protocol, one function each, gathered in :data:`CHECKS`.
+
+Each check drives a guest through a :class:`~.probe.Probe` and raises ``CheckFailed`` with a
+message saying what the guest did wrong, or ``Skip`` when the guest did not advertise the
+capability the check needs. Sample code is Python and POSIX shell, the two languages of 1.0.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from ..frames import (
+    CloseSession,
+    ErrorFrame,
+    Exec,
+    ExecResult,
+    Frame,
+    HostCall,
+    HostCallError,
+    HostCallReply,
+    Interrupt,
+    Language,
+    OpenSession,
+    SessionOpened,
+    SetVars,
+    Shutdown,
+    Bye,
+    VarsSet,
+)
+from ..metadata import count_lines
+from ..version import PROTOCOL_MAJOR, PROTOCOL_MINOR
+from .peer import CheckFailed, GuestPeer, describe
+from .probe import Link, Probe, Skip, receive_hello, welcome_for
+
+__all__ = ["CHECKS", "Check"]
+
+#: Seconds a check may take unless it says otherwise; generous for a guest in a cold VM.
+DEFAULT_CHECK_SECONDS: Final = 20.0
+
+#: How long the kit lets a block run before interrupting it, so the interrupt lands mid-block.
+BUSY_LEAD_SECONDS: Final = 0.3
+
+#: ``Exec.timeout`` used by the timeout checks.
+EXEC_TIMEOUT_SECONDS: Final = 0.5
+
+#: A block must end this soon after its interrupt or timeout (the reference guest resets a stuck
+#: session after two seconds, so five leaves room for a slow machine).
+STOP_SECONDS: Final = 5.0
+
+#: The output-cap check prints ``max_output_chars`` plus this many characters.
+CAP_OVERSHOOT: Final = 1000
+
+#: Above this ``max_output_chars`` the output-cap check is skipped: printing it would take
+#: longer than the check's budget and the frame would dwarf the other checks.
+CAP_CHECK_MAX_CHARS: Final = 16_000_000
+
+
+@dataclass(frozen=True)
+class Check:
+    """A named behavioural check.
+
+    ``own_guest`` checks get a guest process of their own, started for them; with
+    ``handshake=False`` the check receives the raw peer and does the handshake itself.
+    """
+
+    name: str
+    run: Callable[[Probe], None] | None = None
+    run_raw: Callable[[GuestPeer, float], None] | None = None
+    requires: tuple[str, ...] = ()
+    own_guest: bool = False
+    timeout: float = DEFAULT_CHECK_SECONDS
+
+    @property
+    def summary(self) -> str:
+        """First line of the check function's docstring."""
+        function = self.run or self.run_raw
+        doc = (function.__doc__ or "").strip() if function is not None else ""
+        return doc.splitlines()[0] if doc else ""
+
+    @property
+    def handshake(self) -> bool:
+        return self.run_raw is None
+
+
+def _fail_unless(condition: bool, message: str) -> None:
+    if not condition:
+        raise CheckFailed(message)
+
+
+# --- handshake ---------------------------------------------------------------------------------
+
+
+def handshake(peer: GuestPeer, timeout: float) -> None:
+    """Hello comes first, with a compatible version, known shapes and sane limits."""
+    started = time.monotonic()
+    hello = receive_hello(peer, timeout)
+    _fail_unless(
+        hello.protocol[0] == PROTOCOL_MAJOR,
+        f"Hello.protocol is {hello.protocol}, the kit speaks major {PROTOCOL_MAJOR}",
+    )
+    _fail_unless(bool(hello.agent), "Hello.agent is empty")
+    limits = hello.limits
+    # The host sends prompts of several MiB; below 64 KiB a guest could not take a real one.
+    _fail_unless(
+        limits.max_frame_bytes >= 65536,
+        f"Hello.limits.max_frame_bytes is {limits.max_frame_bytes}; at least 65536 is needed",
+    )
+    # The model is shown an 800-character prefix of each stream; a smaller cap hides part of it.
+    _fail_unless(
+        limits.max_output_chars >= 800,
+        f"Hello.limits.max_output_chars is {limits.max_output_chars}; at least 800 is needed",
+    )
+    _fail_unless(
+        limits.max_sessions >= 2,
+        f"Hello.limits.max_sessions is {limits.max_sessions}; a host needs at least 2 (a child RLM)",
+    )
+    _fail_unless(
+        len(set(hello.capabilities)) == len(hello.capabilities),
+        f"Hello.capabilities repeats entries: {hello.capabilities}",
+    )
+    peer.send(welcome_for(hello))
+    probe = Probe(Link(peer, hello), max(timeout - (time.monotonic() - started), 0.0))
+    probe.close_session(probe.open_session("handshake"))
+
+
+def welcome_from_newer_minor(peer: GuestPeer, timeout: float) -> None:
+    """A Welcome of a newer minor, with an unknown field and capability, is accepted."""
+    deadline = time.monotonic() + timeout
+    hello = receive_hello(peer, timeout)
+    welcome = welcome_for(hello, (PROTOCOL_MAJOR, PROTOCOL_MINOR + 7))
+    body = {
+        "kind": "welcome",
+        "protocol": list(welcome.protocol),
+        "host": welcome.host,
+        "host_version": welcome.host_version,
+        "capabilities": [*welcome.capabilities, "teleport.v2"],
+        "host_motd": "a field from the future",
+    }
+    probe = Probe(Link(peer, hello), max(deadline - time.monotonic(), 0.0))
+    probe.send_map(body)
+    probe.close_session(probe.open_session("newer"))
+
+
+def welcome_other_major(peer: GuestPeer, timeout: float) -> None:
+    """A Welcome with another major is refused: an ErrorFrame or the connection closes."""
+    deadline = time.monotonic() + timeout
+    hello = receive_hello(peer, timeout)
+    other = (PROTOCOL_MAJOR + 1, 0)
+    peer.send(welcome_for(hello, other))
+    # Then a request: a guest that silently carried on would answer it.
+    peer.send(OpenSession(session="after-refusal", call=1))
+    while True:
+        try:
+            frame = peer.receive(max(deadline - time.monotonic(), 0.0))
+        except CheckFailed as error:
+            if peer.alive:
+                raise CheckFailed(
+                    f"after a Welcome of protocol {other[0]}.{other[1]} the guest neither "
+                    f"refused nor closed: {error}"
+                ) from None
+            return  # it closed the connection: refused
+        if isinstance(frame, ErrorFrame) and frame.call is None:
+            return  # a connection-level refusal
+        if isinstance(frame, SessionOpened):
+            raise CheckFailed(
+                f"the guest accepted a Welcome of protocol {other[0]}.{other[1]} and opened a "
+                "session; a different major must be refused"
+            )
+        if isinstance(frame, ErrorFrame):
+            continue  # an error for the OpenSession is fine; the refusal may follow
+
+
+# --- sessions ----------------------------------------------------------------------------------
+
+
+def session_lifecycle(probe: Probe) -> None:
+    """Open, a duplicate open, close, and a second close of one session."""
+    session = probe.open_session("life")
+    call = probe.link.new_call()
+    probe.expect_error(
+        OpenSession(session=session, call=call), call, ("session_exists",), "a second OpenSession"
+    )
+    probe.close_session(session)
+    call = probe.link.new_call()
+    probe.expect_error(
+        CloseSession(session=session, call=call),
+        call,
+        ("unknown_session",),
+        "CloseSession of a closed session",
+    )
+
+
+def unknown_session(probe: Probe) -> None:
+    """SetVars, Exec and CloseSession on a session never opened fail with unknown_session."""
+    ghost = "never-opened"
+    for make, what in (
+        (lambda c: SetVars(session=ghost, call=c, values={"a": 1}), "SetVars"),
+        (lambda c: Exec(session=ghost, call=c, code="1"), "Exec"),
+        (lambda c: CloseSession(session=ghost, call=c), "CloseSession"),
+    ):
+        call = probe.link.new_call()
+        probe.expect_error(make(call), call, ("unknown_session",), f"{what} on an unknown session")
+
+
+def session_isolation(probe: Probe) -> None:
+    """Two sessions have separate namespaces."""
+    first, second = probe.open_session("iso"), probe.open_session("iso")
+    probe.exec_ok(first, "x = 'first'")
+    result = probe.exec(second, "print(x)")
+    _fail_unless(
+        result.error is not None and result.error.name == "NameError",
+        f"a variable of session {first!r} is visible in {second!r}: {describe(result)}",
+    )
+    probe.exec_ok(second, "x = 'second'")
+    shown = probe.exec_ok(first, "print(x)").stdout.text
+    _fail_unless(shown == "first\n", f"session {second!r} overwrote {first!r}'s x: {shown!r}")
+    probe.close_session(first)
+    probe.close_session(second)
+
+
+def sessions_run_concurrently(probe: Probe) -> None:
+    """A block waiting on a host call in one session does not hold up another session."""
+    held, other = probe.open_session("hold"), probe.open_session("free")
+    held_call = probe.link.new_call()
+    probe.send(Exec(session=held, call=held_call, code="r = host_call('hold', {})\nprint(r)"))
+    host_call = probe.receive("the HostCall of the held block")
+    _fail_unless(isinstance(host_call, HostCall), f"expected a HostCall, got {describe(host_call)}")
+    assert isinstance(host_call, HostCall)
+    shown = probe.exec_ok(other, "print('free')").stdout.text
+    _fail_unless(shown == "free\n", f"the other session printed {shown!r}")
+    probe.send(HostCallReply(session=held, call=host_call.call, value="released"))
+    result = probe.expect(ExecResult, held_call, "the held Exec")
+    _fail_unless(result.stdout.text == "released\n", f"the held block printed {result.stdout.text!r}")
+    probe.close_session(held)
+    probe.close_session(other)
+
+
+def state_persists(probe: Probe) -> None:
+    """Variables persist across blocks and show in the VarsState summary."""
+    session = probe.open_session("state")
+    first = probe.exec_ok(session, "counter = 41")
+    _fail_unless("counter" in first.state.names, f"state after a binding: {first.state}")
+    shown = probe.exec_ok(session, "counter += 1\nprint(counter)").stdout.text
+    _fail_unless(shown == "42\n", f"the second block printed {shown!r}, not '42\\n'")
+    probe.close_session(session)
+
+
+# --- exec --------------------------------------------------------------------------------------
+
+
+def exec_python_streams(probe: Probe) -> None:
+    """print, sys.stdout.write and sys.stderr are captured separately."""
+    session = probe.open_session("py")
+    result = probe.exec_ok(
+        session,
+        "import sys\nprint('out')\nsys.stdout.write('written')\nprint('err', file=sys.stderr)",
+    )
+    _fail_unless(result.stdout.text == "out\nwritten", f"stdout is {result.stdout.text!r}")
+    _fail_unless(result.stderr.text == "err\n", f"stderr is {result.stderr.text!r}")
+    _fail_unless(result.returncode is None, f"a Python block has returncode {result.returncode}")
+    _fail_unless(not result.interrupted, "a block that ended by itself is marked interrupted")
+    probe.close_session(session)
+
+
+def exec_python_error(probe: Probe) -> None:
+    """An exception is a result with name, value and traceback; output before it is kept."""
+    session = probe.open_session("pyerr")
+    result = probe.exec(session, "print('before')\nraise ValueError('boom')")
+    error = result.error
+    _fail_unless(error is not None, f"a raising block has no error: {describe(result)}")
+    assert error is not None
+    _fail_unless(error.name == "ValueError", f"error.name is {error.name!r}, not 'ValueError'")
+    _fail_unless(error.value == "boom", f"error.value is {error.value!r}, not 'boom'")
+    _fail_unless("ValueError" in error.traceback, f"traceback lacks the error: {error.traceback!r}")
+    _fail_unless(result.stdout.text == "before\n", f"stdout is {result.stdout.text!r}")
+    # The session survives an exception.
+    probe.exec_ok(session, "print('after')")
+    probe.close_session(session)
+
+
+def exec_bash(probe: Probe) -> None:
+    """A bash block reports its exit status and both streams."""
+    session = probe.open_session("sh")
+    result = probe.exec(session, "echo out; echo err >&2; exit 3", language="bash")
+    _fail_unless(result.returncode == 3, f"returncode is {result.returncode}, not 3")
+    _fail_unless(result.stdout.text == "out\n", f"stdout is {result.stdout.text!r}")
+    _fail_unless(result.stderr.text == "err\n", f"stderr is {result.stderr.text!r}")
+    _fail_unless(result.error is None, f"a bash block has a Python error: {result.error}")
+    ok = probe.exec(session, "true", language="bash")
+    _fail_unless(ok.returncode == 0, f"`true` has returncode {ok.returncode}")
+    probe.close_session(session)
+
+
+def metadata(probe: Probe) -> None:
+    """Captured.chars counts code points and lines follows rlm_protocol.metadata.count_lines."""
+    session = probe.open_session("meta")
+    # Non-ASCII on purpose: chars are Unicode code points, not UTF-8 bytes or UTF-16 units.
+    text = "a\nbb\n\u00e9\u20ac\U0001f600"
+    result = probe.exec_ok(session, f"import sys\nsys.stdout.write({text!r})")
+    out = result.stdout
+    _fail_unless(out.text == text, f"stdout.text is {out.text!r}, not {text!r}")
+    _fail_unless(
+        out.chars == len(text), f"stdout.chars is {out.chars} for {text!r}; it must be {len(text)}"
+    )
+    _fail_unless(
+        out.lines == count_lines(text),
+        f"stdout.lines is {out.lines} for {text!r}; it must be {count_lines(text)}",
+    )
+    empty = probe.exec_ok(session, "pass")
+    for name, captured in (("stdout", empty.stdout), ("stderr", empty.stderr)):
+        _fail_unless(
+            (captured.text, captured.chars, captured.lines) == ("", 0, 0),
+            f"an empty {name} is reported as {captured}",
+        )
+    probe.close_session(session)
+
+
+def output_cap(probe: Probe) -> None:
+    """Output beyond Hello.limits.max_output_chars is cut, and its true size still reported."""
+    limit = probe.limits.max_output_chars
+    if limit > CAP_CHECK_MAX_CHARS:
+        raise Skip(f"max_output_chars is {limit}; the kit checks caps up to {CAP_CHECK_MAX_CHARS}")
+    size = limit + CAP_OVERSHOOT
+    session = probe.open_session("cap")
+    result = probe.exec_ok(session, f"import sys\nsys.stdout.write('x' * {size})")
+    out = result.stdout
+    _fail_unless(
+        len(out.text) <= limit,
+        f"stdout.text has {len(out.text)} characters, over the announced limit of {limit}",
+    )
+    _fail_unless(out.text == "x" * len(out.text), "the kept stdout is not a prefix of the output")
+    _fail_unless(
+        out.chars == size,
+        f"stdout.chars is {out.chars}; the block wrote {size} (the true size must be reported)",
+    )
+    _fail_unless(out.cut, "stdout is not marked as cut (chars must exceed len(text))")
+    _fail_unless(result.stderr.text == "", f"stderr is {result.stderr.text!r}")
+    probe.close_session(session)
+
+
+# --- host calls and variables -------------------------------------------------------------------
+
+
+def host_call_roundtrip(probe: Probe) -> None:
+    """host_call sends a HostCall and returns the reply's value; an error reply raises."""
+    session = probe.open_session("call")
+    seen: list[HostCall] = []
+
+    def serve(call: HostCall) -> None:
+        seen.append(call)
+        probe.send(HostCallReply(session=call.session, call=call.call, value={"got": call.payload}))
+
+    result = probe.exec_ok(
+        session, "r = host_call('echo', {'n': [1, 2]})\nprint(r['got']['n'])", serve=serve
+    )
+    _fail_unless(len(seen) == 1, f"expected one HostCall, got {len(seen)}")
+    call = seen[0]
+    _fail_unless(call.session == session, f"HostCall names session {call.session!r}")
+    _fail_unless(call.method == "echo", f"HostCall.method is {call.method!r}, not 'echo'")
+    _fail_unless(call.payload == {"n": [1, 2]}, f"HostCall.payload is {call.payload!r}")
+    _fail_unless(result.stdout.text == "[1, 2]\n", f"the block printed {result.stdout.text!r}")
+
+    def refuse(call: HostCall) -> None:
+        probe.send(
+            HostCallReply(
+                session=call.session, call=call.call, error=HostCallError("Refused", "no budget")
+            )
+        )
+
+    failed = probe.exec(session, "host_call('echo', {})", serve=refuse)
+    _fail_unless(failed.error is not None, "an error reply did not raise in the block")
+    assert failed.error is not None
+    _fail_unless(
+        "Refused: no budget" in failed.error.value,
+        f"the raised error should read 'Refused: no budget', got {failed.error.value!r}",
+    )
+    probe.close_session(session)
+
+
+def host_calls_out_of_order(probe: Probe) -> None:
+    """llm_query_batched of 5 prompts: all calls in flight at once, replies in reverse, routed by id."""
+    session = probe.open_session("batch")
+    call = probe.link.new_call()
+    prompts = [f"p{i}" for i in range(5)]
+    probe.send(
+        Exec(session=session, call=call, code=f"answers = llm_query_batched({prompts!r})\nprint(answers)")
+    )
+    calls: list[HostCall] = []
+    while len(calls) < len(prompts):
+        frame = probe.receive(f"HostCall {len(calls) + 1} of {len(prompts)}")
+        _fail_unless(
+            isinstance(frame, HostCall),
+            f"expected {len(prompts)} HostCalls before any reply, got {describe(frame)} after "
+            f"{len(calls)}",
+        )
+        assert isinstance(frame, HostCall)
+        calls.append(frame)
+    ids = [c.call for c in calls]
+    _fail_unless(len(set(ids)) == len(ids), f"host call ids repeat: {ids}")
+    got_prompts = sorted(str(c.payload.get("prompt")) for c in calls)
+    _fail_unless(got_prompts == prompts, f"the HostCalls carry prompts {got_prompts}")
+    _fail_unless(
+        all(c.method == "llm_query" for c in calls),
+        f"methods are {[c.method for c in calls]}, not llm_query",
+    )
+    for host_call in reversed(calls):
+        prompt = host_call.payload["prompt"]
+        probe.send(
+            HostCallReply(session=session, call=host_call.call, value=f"answer to {prompt}")
+        )
+    result = probe.expect(ExecResult, call, "the batched Exec")
+    expected = repr([f"answer to {p}" for p in prompts]) + "\n"
+    _fail_unless(
+        result.stdout.text == expected,
+        "replies answered in reverse order were routed wrongly: the block printed "
+        f"{result.stdout.text!r}, expected {expected!r}",
+    )
+    probe.close_session(session)
+
+
+def set_vars_unsets_final(probe: Probe) -> None:
+    """SetVars binds variables and unsets Final."""
+    session = probe.open_session("vars")
+    result = probe.exec_ok(session, "Final = 'done'")
+    _fail_unless(
+        result.final is not None and result.final.ok and result.final.value == "done",
+        f"Final = 'done' is reported as {result.final}",
+    )
+    call = probe.link.new_call()
+    probe.send(SetVars(session=session, call=call, values={"context": "abc", "n": [1, 2]}))
+    state = probe.expect(VarsSet, call, "SetVars").state
+    _fail_unless(
+        {"context", "n"} <= set(state.names), f"VarsSet.state does not list the variables: {state}"
+    )
+    after = probe.exec_ok(session, "print(context, n)")
+    _fail_unless(after.stdout.text == "abc [1, 2]\n", f"the block printed {after.stdout.text!r}")
+    _fail_unless(after.final is None, f"Final survived SetVars: {after.final}")
+    probe.close_session(session)
+
+
+def final_json(probe: Probe) -> None:
+    """A JSON Final is returned as a value; a non-JSON Final is reported, not fatal."""
+    session = probe.open_session("final")
+    good = probe.exec_ok(session, "Final = {'a': [1, 2], 'b': None}")
+    _fail_unless(
+        good.final is not None and good.final.ok and good.final.value == {"a": [1, 2], "b": None},
+        f"a JSON Final is reported as {good.final}",
+    )
+    bad = probe.exec_ok(session, "Final = object()")
+    _fail_unless(
+        bad.final is not None and not bad.final.ok and bool(bad.final.error),
+        f"a non-JSON Final must be ok=false with an error, got {bad.final}",
+    )
+    probe.close_session(session)
+
+
+# --- interrupt, timeout, busy ---------------------------------------------------------------------
+
+
+def _expect_stopped(probe: Probe, call: int, what: str, started: float, budget: float) -> ExecResult:
+    result: ExecResult = probe.expect(ExecResult, call, what)
+    took = time.monotonic() - started
+    _fail_unless(result.interrupted, f"{what} ended without interrupted=true: {describe(result)}")
+    _fail_unless(took <= budget, f"{what} took {took:.1f} s to stop (at most {budget:.1f} s)")
+    return result
+
+
+def _interrupt(probe: Probe, code: str, language: Language) -> None:
+    session = probe.open_session("intr")
+    call = probe.link.new_call()
+    probe.send(Exec(session=session, call=call, code=code, language=language))
+    time.sleep(BUSY_LEAD_SECONDS)  # let the block get going; nothing to observe from outside
+    started = time.monotonic()
+    probe.send(Interrupt(session=session))
+    _expect_stopped(probe, call, f"the interrupted {language} block", started, STOP_SECONDS)
+    # The session stays usable (reset or not).
+    alive = "print('alive')" if language == "python" else "echo alive"
+    probe.exec_ok(session, alive, language=language)
+    probe.close_session(session)
+
+
+def interrupt_python(probe: Probe) -> None:
+    """Interrupt stops a busy Python loop, and the session runs the next block."""
+    _interrupt(probe, "while True:\n    pass", "python")
+
+
+def interrupt_bash(probe: Probe) -> None:
+    """Interrupt stops `sleep 30` in a bash block."""
+    _interrupt(probe, "sleep 30", "bash")
+
+
+def exec_timeout(probe: Probe) -> None:
+    """Exec.timeout stops a busy Python loop and a bash sleep by itself."""
+    session = probe.open_session("timeout")
+    blocks: tuple[tuple[str, Language], ...] = (("while True:\n    pass", "python"), ("sleep 30", "bash"))
+    for code, language in blocks:
+        if f"exec.{language}" not in probe.hello.capabilities:
+            continue
+        call = probe.link.new_call()
+        started = time.monotonic()
+        probe.send(
+            Exec(
+                session=session,
+                call=call,
+                code=code,
+                language=language,
+                timeout=EXEC_TIMEOUT_SECONDS,
+            )
+        )
+        _expect_stopped(
+            probe,
+            call,
+            f"the {language} block with timeout={EXEC_TIMEOUT_SECONDS}",
+            started,
+            EXEC_TIMEOUT_SECONDS + STOP_SECONDS,
+        )
+    probe.close_session(session)
+
+
+def session_busy(probe: Probe) -> None:
+    """A second Exec while one runs fails with session_busy; the first one still finishes."""
+    session = probe.open_session("busy")
+    first, second = probe.link.new_call(), probe.link.new_call()
+    probe.send(Exec(session=session, call=first, code="import time\ntime.sleep(1)\nprint('one')"))
+    probe.send(Exec(session=session, call=second, code="print('two')"))
+    replies: dict[int, Frame] = {}
+    while len(replies) < 2:
+        frame = probe.receive("the replies to two Execs in one session")
+        call = getattr(frame, "call", None)
+        if call not in (first, second) or call in replies:
+            raise CheckFailed(f"unexpected {describe(frame)}")
+        replies[call] = frame
+    refused = replies[second]
+    _fail_unless(
+        isinstance(refused, ErrorFrame) and refused.code == "session_busy",
+        f"the second Exec must fail with session_busy, got {describe(refused)}",
+    )
+    done = replies[first]
+    _fail_unless(
+        isinstance(done, ExecResult) and done.stdout.text == "one\n",
+        f"the first Exec must finish normally, got {describe(done)}",
+    )
+    probe.close_session(session)
+
+
+# --- errors and evolution ---------------------------------------------------------------------
+
+
+def unsupported_language(probe: Probe) -> None:
+    """An Exec in a language the guest lacks fails with an ErrorFrame, not silence."""
+    session = probe.open_session("lang")
+    call = probe.link.new_call()
+    probe.send_map({"kind": "exec", "session": session, "call": call, "code": "x", "language": "cobol"})
+    frame = probe.receive("the ErrorFrame for language 'cobol'")
+    _fail_unless(
+        isinstance(frame, ErrorFrame) and frame.code in ("unsupported", "bad_request"),
+        f"Exec in 'cobol' must fail with unsupported, got {describe(frame)}",
+    )
+    assert isinstance(frame, ErrorFrame)
+    # In 1.0 ``language`` is an enum, so a guest may treat the frame as malformed (bad_request,
+    # possibly closing the connection) instead of answering ``unsupported`` for the call.
+    _fail_unless(
+        frame.call in (call, None), f"the ErrorFrame names call {frame.call}, not {call}"
+    )
+    if frame.call is None:
+        probe.link.spent = True  # a connection-level error: the guest may be closing
+
+
+def unknown_frame_ignored(probe: Probe) -> None:
+    """A frame of unknown kind (a newer minor's) is ignored, and the guest carries on."""
+    session = probe.open_session("future")
+    probe.send_map({"kind": "teleport", "session": session, "call": 9_999_999, "to": [1, 2]})
+    result = probe.exec_ok(session, "print('still here')")
+    _fail_unless(result.stdout.text == "still here\n", f"the block printed {result.stdout.text!r}")
+    probe.close_session(session)
+
+
+def unknown_fields_ignored(probe: Probe) -> None:
+    """Known frames with extra fields (a newer minor's) are accepted."""
+    session = probe.link.new_session_id("fields")
+    call = probe.link.new_call()
+    probe.send_map({"kind": "open_session", "session": session, "call": call, "sandbox": "strict"})
+    probe.expect(SessionOpened, call, "OpenSession with an extra field")
+    call = probe.link.new_call()
+    probe.send_map(
+        {"kind": "exec", "session": session, "call": call, "code": "print(1)", "priority": 5}
+    )
+    result = probe.expect(ExecResult, call, "Exec with an extra field")
+    _fail_unless(result.stdout.text == "1\n", f"the block printed {result.stdout.text!r}")
+    probe.close_session(session)
+
+
+def shutdown(probe: Probe) -> None:
+    """Shutdown is answered by Bye as the last frame, and the guest exits with status 0."""
+    probe.send(Shutdown())
+    frame = probe.receive("Bye")
+    _fail_unless(isinstance(frame, Bye), f"Shutdown must be answered with Bye, got {describe(frame)}")
+    reason = probe.peer.ended(probe.remaining())
+    _fail_unless(reason is not None, "the guest sent Bye but kept its output open")
+    _fail_unless(
+        reason == "the guest closed its stdout", f"after Bye: {reason}"
+    )
+    status = probe.peer.wait_exit(probe.remaining())
+    _fail_unless(status is not None, "the guest sent Bye but did not exit")
+    _fail_unless(status == 0, f"the guest exited with status {status} after Shutdown")
+
+
+#: Every check, in the order the kit runs them. ``shutdown`` comes last: it ends the guest.
+CHECKS: Final[tuple[Check, ...]] = (
+    Check("handshake", run_raw=handshake, own_guest=True),
+    Check("welcome_newer_minor", run_raw=welcome_from_newer_minor, own_guest=True),
+    Check("welcome_other_major", run_raw=welcome_other_major, own_guest=True),
+    Check("session_lifecycle", session_lifecycle),
+    Check("unknown_session", unknown_session),
+    Check("session_isolation", session_isolation, requires=("exec.python",)),
+    Check(
+        "sessions_concurrent", sessions_run_concurrently, requires=("exec.python", "host_call")
+    ),
+    Check("state_persists", state_persists, requires=("exec.python",)),
+    Check("exec_python_streams", exec_python_streams, requires=("exec.python",)),
+    Check("exec_python_error", exec_python_error, requires=("exec.python",)),
+    Check("exec_bash", exec_bash, requires=("exec.bash",)),
+    Check("metadata", metadata, requires=("exec.python",)),
+    Check("output_cap", output_cap, requires=("exec.python",)),
+    Check("host_call", host_call_roundtrip, requires=("exec.python", "host_call")),
+    Check(
+        "host_calls_out_of_order",
+        host_calls_out_of_order,
+        requires=("exec.python", "host_call", "host_call.batched"),
+    ),
+    Check("set_vars_unsets_final", set_vars_unsets_final, requires=("exec.python",)),
+    Check("final_json", final_json, requires=("exec.python",)),
+    Check("session_busy", session_busy, requires=("exec.python",)),
+    Check("interrupt_python", interrupt_python, requires=("exec.python", "interrupt")),
+    Check("interrupt_bash", interrupt_bash, requires=("exec.bash", "interrupt")),
+    Check("exec_timeout", exec_timeout, requires=("exec.python", "interrupt")),
+    Check("unknown_frame_ignored", unknown_frame_ignored, requires=("exec.python",)),
+    Check("unknown_fields_ignored", unknown_fields_ignored, requires=("exec.python",)),
+    Check("unsupported_language", unsupported_language),
+    Check("shutdown", shutdown),
+)
