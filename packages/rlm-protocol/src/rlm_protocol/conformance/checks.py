@@ -80,10 +80,6 @@ class Check:
         doc = (function.__doc__ or "").strip() if function is not None else ""
         return doc.splitlines()[0] if doc else ""
 
-    @property
-    def handshake(self) -> bool:
-        return self.run_raw is None
-
 
 def _fail_unless(condition: bool, message: str) -> None:
     if not condition:
@@ -461,7 +457,11 @@ def final_json(probe: Probe) -> None:
 
 
 def _expect_stopped(probe: Probe, call: int, what: str, started: float, budget: float) -> ExecResult:
-    result: ExecResult = probe.expect(ExecResult, call, what)
+    budget *= probe.scale
+    try:
+        result: ExecResult = probe.expect(ExecResult, call, what, within=budget)
+    except CheckFailed as error:
+        raise CheckFailed(f"{what} did not stop within {budget:.1f} s: {error}") from None
     took = time.monotonic() - started
     _fail_unless(result.interrupted, f"{what} ended without interrupted=true: {describe(result)}")
     _fail_unless(took <= budget, f"{what} took {took:.1f} s to stop (at most {budget:.1f} s)")

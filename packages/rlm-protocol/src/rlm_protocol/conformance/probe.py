@@ -56,7 +56,10 @@ def welcome_for(hello: Hello, protocol: tuple[int, int] = PROTOCOL_VERSION) -> W
 
 def receive_hello(peer: GuestPeer, timeout: float) -> Hello:
     """The guest's first frame, which must be a ``Hello``."""
-    frame = peer.receive(timeout)
+    try:
+        frame = peer.receive(timeout)
+    except CheckFailed as error:
+        raise CheckFailed(f"no Hello: {error}") from None
     if not isinstance(frame, Hello):
         raise CheckFailed(f"the first frame must be Hello, got {describe(frame)}")
     return frame
@@ -95,11 +98,13 @@ class Link:
 class Probe:
     """One check's access to the guest; every wait ends by the check's deadline."""
 
-    def __init__(self, link: Link, timeout: float) -> None:
+    def __init__(self, link: Link, timeout: float, scale: float = 1.0) -> None:
         self.link = link
         self.peer = link.peer
         self.hello = link.hello
         self.deadline = time.monotonic() + timeout
+        #: Factor applied to the check's fixed waits (``--timeout-factor``), for slow guests.
+        self.scale = scale
 
     @property
     def limits(self) -> Any:
@@ -123,16 +128,23 @@ class Probe:
         data = msgspec.msgpack.encode(body)
         self.peer.send_bytes(len(data).to_bytes(4, "big") + data)
 
-    def receive(self, waiting_for: str) -> Frame:
+    def receive(self, waiting_for: str, within: float | None = None) -> Frame:
+        """The next frame; ``within`` bounds this wait more tightly than the check's deadline."""
+        timeout = self.remaining() if within is None else min(within, self.remaining())
         try:
-            return self.peer.receive(self.remaining())
+            return self.peer.receive(timeout)
         except CheckFailed as error:
             raise CheckFailed(f"while waiting for {waiting_for}: {error}") from None
 
     # --- requests ----------------------------------------------------------------------------
 
     def reply_to(
-        self, call: int, what: str, *, serve: HostCallServer | None = None
+        self,
+        call: int,
+        what: str,
+        *,
+        serve: HostCallServer | None = None,
+        within: float | None = None,
     ) -> Frame:
         """The reply (or ``ErrorFrame``) repeating ``call``; host calls go to ``serve``.
 
@@ -142,7 +154,7 @@ class Probe:
         """
         waiting_for = f"the reply to {what} (call {call})"
         while True:
-            frame = self.receive(waiting_for)
+            frame = self.receive(waiting_for, within)
             if isinstance(frame, HostCall) and serve is not None:
                 serve(frame)
                 continue

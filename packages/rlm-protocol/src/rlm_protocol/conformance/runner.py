@@ -98,11 +98,15 @@ def format_report(report: ConformanceReport) -> str:
 class _Guests:
     """The current guest process and its handshake, replaced whenever it cannot be trusted."""
 
-    def __init__(self, argv: Sequence[str], trace: TraceHook | None) -> None:
+    def __init__(self, argv: Sequence[str], trace: TraceHook | None, scale: float) -> None:
         self.argv = argv
         self.trace = trace
+        self.scale = scale
         self.link: Link | None = None
         self.first_hello: Hello | None = None
+        #: Why the last start for a check failed; later checks fail at once instead of waiting
+        #: for every restart to time out the same way.
+        self.start_failure: str | None = None
 
     def fresh_peer(self) -> GuestPeer:
         self.discard()
@@ -116,11 +120,14 @@ class _Guests:
         """
         if self.link is not None and self.link.peer.alive and not self.link.spent:
             return self.link
+        if self.start_failure is not None:
+            raise CheckFailed(f"not run: an earlier guest start failed ({self.start_failure})")
         peer = self.fresh_peer()
         try:
-            hello = handshake(peer, START_SECONDS)
+            hello = handshake(peer, START_SECONDS * self.scale)
         except CheckFailed as error:
             peer.close()
+            self.start_failure = str(error)
             raise CheckFailed(f"could not start a guest for this check: {error}") from None
         self.link = Link(peer, hello)
         self.first_hello = self.first_hello or hello
@@ -134,10 +141,11 @@ class _Guests:
 
 def _run_one(check: Check, guests: _Guests) -> tuple[Outcome, str]:
     peer: GuestPeer | None = None
+    timeout = check.timeout * guests.scale
     try:
         if check.run_raw is not None:
             peer = guests.fresh_peer()
-            check.run_raw(peer, check.timeout)
+            check.run_raw(peer, timeout)
             return Outcome.PASS, ""
         assert check.run is not None
         link = guests.linked()
@@ -145,7 +153,7 @@ def _run_one(check: Check, guests: _Guests) -> tuple[Outcome, str]:
         missing = [c for c in check.requires if c not in link.hello.capabilities]
         if missing:
             return Outcome.SKIP, f"the guest does not advertise {', '.join(missing)}"
-        check.run(Probe(link, check.timeout))
+        check.run(Probe(link, timeout, guests.scale))
         if peer.violations:
             return Outcome.FAIL, "; ".join(peer.violations)
         return Outcome.PASS, ""
@@ -167,12 +175,15 @@ def run_conformance(
     only: Sequence[str] | None = None,
     trace: TraceHook | None = None,
     progress: Callable[[CheckResult], None] | None = None,
+    timeout_factor: float = 1.0,
 ) -> ConformanceReport:
     """Run the protocol's behavioural checks against the guest started by ``guest`` (an argv).
 
     The guest must speak the protocol on its stdin/stdout; its stderr is kept for failure
     messages. ``only`` limits the run to the named checks; ``trace`` sees every frame in both
-    directions; ``progress`` is called with each result as soon as it is known.
+    directions; ``progress`` is called with each result as soon as it is known;
+    ``timeout_factor`` scales every deadline (above 1 for a guest in a slow VM, below 1 for tests
+    of guests that hang).
 
     >>> import sys
     >>> report = run_conformance([sys.executable, "-m", "rlm_guest", "--stdio"], only=["metadata"])
@@ -189,7 +200,7 @@ def run_conformance(
         if unknown:
             raise ValueError(f"no such check: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         checks = tuple(c for c in CHECKS if c.name in only)
-    guests = _Guests(tuple(guest), trace)
+    guests = _Guests(tuple(guest), trace, timeout_factor)
     results: list[CheckResult] = []
     try:
         for check in checks:
