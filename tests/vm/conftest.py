@@ -1,0 +1,45 @@
+"""Fixtures of the VM integration tests: the image (built when missing) and one shared VM."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from rlm_host.vm import VMConfig, build_image, find_qemu
+from rlm_host.vm.connect import prepare_vm_config
+from vm_harness import SharedVM
+
+
+class _PrintReporter:
+    def step(self, message: str) -> None:
+        print(f"[image] {message}", flush=True)
+
+    def detail(self, message: str) -> None:
+        pass
+
+
+def _require_qemu() -> None:
+    if find_qemu() is None:
+        pytest.skip("qemu-system-x86_64 is not installed (scripts/setup-system.sh)")
+
+
+@pytest.fixture(scope="session")
+def vm_config() -> VMConfig:
+    """Image (built when missing), wheelhouse and agent disk for the current sources."""
+    _require_qemu()
+    started = time.monotonic()
+    build_image("debian", reporter=_PrintReporter())
+    config = prepare_vm_config(memory_mb=1024)
+    print(f"[image] ready in {time.monotonic() - started:.1f} s", flush=True)
+    return config
+
+
+@pytest.fixture(scope="session")
+def shared_vm(vm_config: VMConfig) -> Iterator[SharedVM]:
+    """The session's VM; every test in tests/vm talks to this one guest."""
+    shared = SharedVM(vm_config)
+    shared.start()
+    yield shared
+    shared.stop()
