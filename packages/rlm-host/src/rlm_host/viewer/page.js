@@ -125,15 +125,26 @@ function textBlock(text, cls) {
   return el("pre", { class: cls || "text" }, text);
 }
 
-// The observation is a line of prose then the output's metadata as JSON: shown indented.
-function observationText(text) {
+// The observation is a line of prose, then the output's metadata as JSON (what the model saw):
+// drawn as one line per stream (size, truncation) with its prefix, and the other keys as they
+// are. Anything unexpected is shown raw rather than guessed at.
+function observationView(text, failed) {
   const cut = text.indexOf("\n");
-  if (cut < 0) return text;
-  try {
-    return `${text.slice(0, cut)}\n${JSON.stringify(JSON.parse(text.slice(cut + 1)), null, 2)}`;
-  } catch (_) {
-    return text;
+  let data = null;
+  try { data = cut < 0 ? null : JSON.parse(text.slice(cut + 1)); } catch (_) { data = null; }
+  if (data === null || typeof data !== "object" || Array.isArray(data)) return textBlock(text, failed ? "err" : "text");
+  const box = el("div", { class: `obs${failed ? " failed" : ""}` });
+  for (const [key, value] of Object.entries(data)) {
+    if (value && typeof value === "object" && "chars" in value && "prefix" in value) {
+      const facts = `${count(value.chars)} chars, ${count(value.lines)} lines${value.truncated ? ", truncated" : ""}`;
+      box.append(el("div", { class: "obs-key" }, el("b", {}, key), ` ${facts}`));
+      if (value.prefix !== "") box.append(textBlock(value.prefix, key === "stderr" ? "err" : "text"));
+    } else {
+      const shown = typeof value === "string" ? value : JSON.stringify(value, null, 1);
+      box.append(el("div", { class: "obs-key" }, el("b", {}, key), " ", el("span", { class: "obs-val" }, shown)));
+    }
   }
+  return box;
 }
 
 // ---- header, problems ---------------------------------------------------------------------
@@ -297,7 +308,7 @@ function stepView(rlm, step) {
   });
   if (step.observation !== null) {
     const label = step.error ? `observation · error ${step.error}` : `observation${step.returncode !== null ? ` · returncode ${step.returncode}` : ""}`;
-    body.append(el("div", { class: "part-label" }, label), textBlock(observationText(step.observation), step.error ? "err" : "text"));
+    body.append(el("div", { class: "part-label" }, label), observationView(step.observation, Boolean(step.error)));
   }
   if (step.final !== null && rlm.kind !== "leaf") body.append(el("div", { class: "part-label" }, "Final set"));
   return el("details", { class: "step", open: true, dataset: { rlm: rlm.id, step: String(step.step) } }, summary, body);

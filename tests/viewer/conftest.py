@@ -1,0 +1,37 @@
+"""Fixtures of the viewer tests: one real run's trajectory, and one headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+# The scenario reuses the engine tests' harness (``local_options``, ``fence``).
+sys.path.insert(0, str(Path(__file__).parent.parent / "engine"))
+
+from browser import Browser, chromium_path  # noqa: E402
+from scenario import run_scenario  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def scenario_trajectory(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trajectory of ``scenario.run_scenario``: one real run, shared by the viewer tests."""
+    path = tmp_path_factory.mktemp("viewer") / "scenario.jsonl"
+    trio.run(run_scenario, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """A headless Chromium for the session; skipped without one, except in CI (setup installs it)."""
+    executable = chromium_path()
+    if executable is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing in CI: scripts/setup-system.sh installs it")
+        pytest.skip("chromium is not installed (apt-get install chromium); CI runs this test")
+    with Browser.launch(executable) as launched:
+        yield launched
