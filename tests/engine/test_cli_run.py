@@ -102,6 +102,8 @@ async def test_server_down_exits_2_with_the_url(tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    done = await rlm_run("-q", "hi", "--llm-url", url, env={"XDG_STATE_HOME": str(tmp_path)})
+    done = await rlm_run(
+        "-q", "hi", "--llm-url", url, "--llm-retries", "0", env={"XDG_STATE_HOME": str(tmp_path)}
+    )
     assert done.returncode == 2 and done.stdout == b""
     assert f"model server at {url}/api/chat is not reachable".encode() in done.stderr

@@ -188,6 +188,9 @@ def run(
     ] = None,
     api: Annotated[Optional[ApiChoice], typer.Option(help="Chat API of the server.")] = None,
     stream: Annotated[bool, typer.Option(help="Ask the server for streamed replies.")] = False,
+    llm_retries: Annotated[
+        int, typer.Option(help="Retries of a failed model request (connection, 5xx, 429).")
+    ] = 4,
     max_steps: Annotated[int, typer.Option(help="Steps of the root RLM.")] = 18,
     max_depth: Annotated[int, typer.Option(help="Recursion depth; at the limit rlm_query is a plain call.")] = 3,
     max_model_calls: Annotated[Optional[int], typer.Option(help="Model calls in the whole run.")] = None,
@@ -231,6 +234,7 @@ def run(
         llm_url=llm_url,
         api=None if api is None else api.value,
         stream=stream,
+        llm_retries=llm_retries,
         max_steps=max_steps,
         max_depth=max_depth,
         max_model_calls=max_model_calls,

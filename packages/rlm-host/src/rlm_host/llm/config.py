@@ -3,7 +3,8 @@
 Precedence, highest first: an explicit argument (CLI flag or API option), ``RLM_MODEL`` /
 ``RLM_LLM_URL`` (they override both APIs), the API's own variable (``OLLAMA_HOST`` for Ollama,
 ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY`` for OpenAI-compatible servers), then the seed's
-defaults (model ``qwen3.6`` on Ollama at ``http://localhost:11434``).
+defaults (model ``qwen3.6`` on Ollama at ``http://localhost:11434``). ``RLM_API=openai`` picks the
+OpenAI-compatible API when no API is given explicitly.
 """
 
 from __future__ import annotations
