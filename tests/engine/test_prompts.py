@@ -1,17 +1,10 @@
-"""The texts the model sees: system prompt tools, metadata and observation messages, progress."""
+"""The texts the model sees: system prompt tools, metadata and observation messages."""
 
 from __future__ import annotations
 
-import io
 import json
-import re
 
-from rich.console import Console
-
-from rlm_host.cli_run import Progress
 from rlm_host.engine import child_steps, metadata_message, observation_message, system_prompt
-from rlm_host.llm import Usage
-from rlm_host.trajectory import ChildEnd, ChildStart, ModelRequest, ModelResponse
 from rlm_protocol import Captured, ExecResult, FinalValue
 
 
@@ -48,16 +41,3 @@ def test_observation_message_cuts_at_800_and_keeps_true_sizes() -> None:
 
 def test_child_steps_follow_the_seed() -> None:
     assert [child_steps(n) for n in (1, 12, 13, 18, 40)] == [6, 6, 6, 9, 20]
-
-
-def test_progress_renders_on_a_terminal() -> None:
-    sink = io.StringIO()
-    console = Console(file=sink, force_terminal=True, width=120)
-    with Progress(console) as progress:
-        progress(ModelRequest(ts=0, rlm="0", depth=0, call=1, step=2, model="m", messages=2, request_chars=9))
-        progress(ModelResponse(ts=0, rlm="0", depth=0, call=1, step=2, duration=0.1, usage=Usage(5, 6, 1, True)))
-        progress(ChildStart(ts=0, rlm="0.1", depth=1, parent="0", kind="leaf", method="llm_query", prompt_chars=3))
-        progress(ChildEnd(ts=0, rlm="0.1", depth=1, parent="0", kind="leaf", duration=0.1, error="boom [x]"))
-    assert progress.state.tokens == 11 and progress.state.in_flight == 0
-    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", sink.getvalue())
-    assert "child 0.1 failed: boom [x]" in plain

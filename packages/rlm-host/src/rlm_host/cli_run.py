@@ -13,7 +13,6 @@ from __future__ import annotations
 import enum
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -21,22 +20,12 @@ import msgspec
 import trio
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from .api import RunOptions, RunResult, run_rlm
 from .engine import paper_brief_task, query_task, smoke_task
 from .errors import RlmError
 from .pdf import is_pdf, pdf_text
-from .trajectory import (
-    BudgetStop,
-    ChildEnd,
-    ChildStart,
-    Event,
-    FinalSet,
-    ModelRequest,
-    ModelResponse,
-    RunStart,
-)
+from .progress import Progress
 
 __all__ = ["ApiChoice", "IsolationChoice", "build_prompt", "run"]
 
@@ -100,60 +89,6 @@ def build_prompt(
     if text is None:
         raise typer.BadParameter("give a FILE (or '-' for stdin), a --query, or both")
     return paper_brief_task(text) if is_pdf else text
-
-
-@dataclass
-class _ProgressState:
-    steps: dict[str, int]
-    in_flight: int = 0
-    tokens: int = 0
-    calls: int = 0
-
-
-class Progress:
-    """Renders trajectory events on stderr: a status line and a log of notable events."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.state = _ProgressState(steps={})
-        self._status = console.status("starting", spinner="dots")
-
-    def __enter__(self) -> Progress:
-        self._status.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._status.stop()
-
-    def __call__(self, event: Event) -> None:
-        state = self.state
-        match event:
-            case RunStart():
-                self.console.log(escape(f"model {event.model} via {event.api} at {event.url}"))
-            case ModelRequest():
-                state.steps[event.rlm] = event.step
-                state.calls += 1
-            case ModelResponse():
-                state.tokens += event.usage.total_tokens
-            case ChildStart():
-                state.in_flight += 1
-                self.console.log(f"[dim]child {event.rlm} ({event.kind}) from {event.parent}[/]")
-            case ChildEnd():
-                state.in_flight -= 1
-                if event.error:
-                    # Error texts are model/guest output: escaped, never read as rich markup.
-                    self.console.log(f"[red]child {event.rlm} failed:[/] {escape(event.error)}")
-            case BudgetStop():
-                self.console.log(f"[yellow]{event.rlm}: {event.reason}:[/] {escape(event.detail)}")
-            case FinalSet() if event.depth == 0:
-                self.console.log("[green]Final set")
-            case _:
-                pass
-        root_step = state.steps.get("0", 0)
-        self._status.update(
-            f"root step {root_step} | children in flight {state.in_flight} | "
-            f"model calls {state.calls} | tokens {state.tokens}"
-        )
 
 
 def _result_json(result: RunResult) -> str:
