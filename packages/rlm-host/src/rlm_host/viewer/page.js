@@ -254,9 +254,9 @@ function rlmCard(rlm) {
     el("span", { class: "badge" }, rlm.kind === "root" ? "root" : `${rlm.kind} · ${rlm.method || "?"}`),
     el("span", { class: `badge ${status}` }, rlm.status),
     el("span", { class: "meta" }, `depth ${rlm.depth}`),
-    el("span", { class: "meta" }, `${rlm.steps.length} step${rlm.steps.length === 1 ? "" : "s"}`),
+    rlm.kind === "leaf" ? null : el("span", { class: "meta" }, `${rlm.steps.length} step${rlm.steps.length === 1 ? "" : "s"}`),
     el("span", { class: "meta" }, `at ${secs(rlm.start)} · took ${duration === null ? "…" : secs(duration)}`),
-    el("span", { class: "meta" }, `model ${secs(rlm.model_seconds)} · blocks ${secs(rlm.block_seconds)}`),
+    el("span", { class: "meta" }, rlm.kind === "leaf" ? `model ${secs(rlm.model_seconds)}` : `model ${secs(rlm.model_seconds)} · blocks ${secs(rlm.block_seconds)}`),
     el("span", { class: "meta" }, tokens(rlm.usage)),
     rlm.prompt_chars !== null ? el("span", { class: "meta" }, `prompt ${count(rlm.prompt_chars)} chars`) : null,
     rlm.answer_chars !== null ? el("span", { class: "meta" }, `answer ${count(rlm.answer_chars)} chars`) : null);
