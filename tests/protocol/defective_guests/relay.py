@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import msgspec
 
@@ -23,7 +23,7 @@ Body = dict[str, Any]
 Rewrite = Callable[[Body], Body | None]
 
 
-def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
+def _read_exact(stream: IO[bytes], size: int) -> bytes | None:
     data = b""
     while len(data) < size:
         chunk = stream.read(size - len(data))
@@ -34,8 +34,8 @@ def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
 
 
 def _pump(
-    source: BinaryIO,
-    sink: BinaryIO,
+    source: IO[bytes],
+    sink: IO[bytes],
     rewrite: Rewrite,
     frame_bytes: Callable[[bytes], bytes],
 ) -> None:
@@ -102,6 +102,13 @@ def accept_any_major(body: Body) -> Body | None:
     return body
 
 
+def hide_bash(body: Body) -> Body | None:
+    """Leaves ``exec.bash`` out of Hello, as a guest without a shell would."""
+    if body["kind"] == "hello":
+        body = {**body, "capabilities": [c for c in body["capabilities"] if c != "exec.bash"]}
+    return body
+
+
 def short_length(body: bytes) -> bytes:
     """A length prefix one less than the body: the peer's framing desynchronises."""
     return (len(body) - 1).to_bytes(4, "big") + body
@@ -120,6 +127,8 @@ def main(defect: str) -> int:
         to_host = count_utf8_bytes
     elif defect == "accept_any_major":
         to_guest = accept_any_major
+    elif defect == "no_bash":
+        to_host = hide_bash
     elif defect == "bad_length":
         host_framing = short_length
     else:
