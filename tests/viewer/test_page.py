@@ -9,10 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from browser import Browser, Page
+from engine_harness import fence, local_options
+from rlm_host.api import run_rlm
+from rlm_host.llm import ModelError
 from rlm_host.trajectory import ChildStart, ModelRequest, read_trajectory
 from rlm_host.viewer import decode_lines, render_trajectory
 from scenario import HOSTILE
+from scripted_model import ChatRequest, Fail, Outcome, ScriptedModel
 
 SHOWN = "(el) => el.getClientRects().length > 0"
 
@@ -95,3 +101,29 @@ def read_trajectory_prefix(lines: list[bytes]) -> list[ModelRequest | ChildStart
     events, problems = decode_lines(lines)
     assert problems == []
     return [e for e in events if isinstance(e, (ModelRequest, ChildStart))]
+
+
+async def test_failed_child_and_failed_run(browser: Browser, tmp_path: Path) -> None:
+    """A child whose model server fails, then the root's: errors are drawn where they happened."""
+
+    def script(request: ChatRequest) -> Outcome:
+        if request.prompt_prefix.startswith("doomed") or request.turn == 1:
+            return Fail(500, "model server on fire <b>")
+        return fence("print(rlm_query('doomed child'))")
+
+    trajectory = tmp_path / "failed.jsonl"
+    with ScriptedModel(script) as server:
+        with pytest.raises(ModelError):
+            await run_rlm("task", options=local_options(server.url, trajectory, llm_retries=0))
+    page = open_view(browser, trajectory, tmp_path / "failed.html")
+    notices = page.evaluate("[...document.querySelectorAll('.notice.error')].map((n) => n.closest('.rlm').dataset.rlm)")
+    assert sorted(notices) == ["0", "0.1", "0.1"]  # the child's own error, its end, the root's error
+    assert page.evaluate("document.getElementById('tree').textContent.includes('model server on fire <b>')")
+    assert page.evaluate("document.querySelectorAll('.rlm.status-error').length") == 2
+
+
+def test_empty_trajectory(browser: Browser, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    page = open_view(browser, empty, tmp_path / "empty.html")
+    assert page.evaluate("document.querySelectorAll('.rlm').length") == 0
