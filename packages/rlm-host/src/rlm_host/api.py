@@ -45,6 +45,8 @@ from .trajectory import (
     default_trajectory_path,
     new_run_id,
 )
+from .vm.errors import VMError
+from .vm.image import find_image
 
 __all__ = ["RunOptions", "RunResult", "run_rlm", "run_rlm_sync"]
 
@@ -73,8 +75,9 @@ class RunOptions:
     isolation: Literal["vm", "local"] = "vm"
     memory_mb: int = 1536
     network: bool = False
-    #: Tools installed in the guest, named in the system prompt.
-    tools: Sequence[str] = DEFAULT_TOOLS
+    #: Tools installed in the guest, named in the system prompt; ``None``: for ``vm``, the
+    #: tools the image's manifest lists, for ``local`` the seed's list.
+    tools: Sequence[str] | None = None
     #: Seconds after which the guest interrupts a block (``None``: no limit).
     exec_timeout: float | None = None
     #: Where to write the trajectory; ``None`` for the default location (see ``trajectory``).
@@ -130,6 +133,18 @@ class RunResult:
     trajectory_path: Path | None
     duration: float
     run_id: str
+
+
+def _guest_tools(options: RunOptions) -> Sequence[str]:
+    """The tools to name in the system prompt: explicit, else what the VM image really has."""
+    if options.tools is not None:
+        return options.tools
+    if options.isolation == "vm":
+        try:
+            return find_image().manifest.tools
+        except VMError:
+            pass  # no image: starting the VM fails next, with the command that builds one
+    return DEFAULT_TOOLS
 
 
 @contextlib.asynccontextmanager
@@ -193,7 +208,7 @@ async def run_rlm(
                 client=client,
                 recorder=recorder,
                 limits=options.limits(),
-                tools=options.tools,
+                tools=_guest_tools(options),
                 exec_timeout=options.exec_timeout,
                 on_delta=options.on_delta,
             )

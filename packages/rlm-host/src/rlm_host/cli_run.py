@@ -26,6 +26,7 @@ from .engine import paper_brief_task, query_task, smoke_task
 from .errors import RlmError
 from .pdf import is_pdf, pdf_text
 from .progress import Progress
+from .vm.errors import VMError
 
 __all__ = ["ApiChoice", "IsolationChoice", "build_prompt", "run"]
 
@@ -188,7 +189,7 @@ def run(
                 result = trio.run(lambda: run_rlm(prompt, options=options))
         else:
             result = trio.run(lambda: run_rlm(prompt, options=options))
-    except (RlmError, ValueError) as error:
+    except (RlmError, VMError, ValueError) as error:
         print(f"rlm: {error}", file=sys.stderr)
         raise typer.Exit(EXIT_ERROR) from error
     if as_json:
