@@ -244,16 +244,76 @@ async def test_interrupt_frame_stops_a_bash_pipeline(connection: GuestConnection
             await session.interrupt()
             await trio.sleep(0.05)
     assert results[0].interrupted
-    assert results[0].returncode is not None and results[0].returncode < 0
+    assert results[0].returncode is not None and results[0].returncode < 0, results[0]
 
 
-async def test_stuck_c_call_resets_the_session(connection: GuestConnection) -> None:
+async def test_sleep_in_c_is_interrupted_and_state_kept(connection: GuestConnection) -> None:
+    session = await connection.open_session()
+    await session.exec("kept = 1")
+    result = await session.exec("import time\ntime.sleep(10**6)", timeout=0.2)
+    assert result.interrupted and not result.session_reset
+    assert result.stderr.text.endswith("KeyboardInterrupt: the block was interrupted\n")
+    assert "rlm_guest" not in result.stderr.text
+    after = await session.exec("print(kept)")
+    assert after.stdout.text == "1\n"
+
+
+async def test_block_ignoring_interrupts_resets_the_session(connection: GuestConnection) -> None:
     session = await connection.open_session()
     await session.exec("lost = 1")
-    result = await session.exec("import time\ntime.sleep(10**6)", timeout=0.2)
+    stubborn = "import time\nwhile True:\n    try:\n        time.sleep(10)\n    except KeyboardInterrupt:\n        pass"
+    result = await session.exec(stubborn, timeout=0.2)
     assert result.interrupted and result.session_reset
+    assert result.error is not None and result.error.name == "SessionReset"
     after = await session.exec("print('lost' in globals())")
     assert after.stdout.text == "False\n"
+
+
+async def test_reset_kills_everything_the_block_started(connection: GuestConnection) -> None:
+    session = await connection.open_session()
+    spawn = (
+        "import subprocess, time\n"
+        "child = subprocess.Popen(['sleep', '1717'])\n"
+        "print(child.pid, flush=True)\n"
+        "while True:\n    try:\n        time.sleep(10)\n    except KeyboardInterrupt:\n        pass"
+    )
+    result = await session.exec(spawn, timeout=0.2)
+    assert result.session_reset
+    probe = await connection.open_session()
+    # The reset came with no output, so find the sleeper by its command line instead.
+    check = await probe.exec("pgrep -f '^sleep 1717$' || echo none", "bash")
+    assert check.stdout.text == "none\n"
+
+
+async def test_fork_bomb_is_stopped(connection: GuestConnection) -> None:
+    session = await connection.open_session()
+    bomb = "import os, time\nfor _ in range(6):\n    os.fork()\ntime.sleep(1000)"
+    result = await session.exec(bomb, timeout=0.3)
+    assert result.interrupted
+    probe = await connection.open_session()
+    check = await probe.exec("print('alive')")
+    assert check.stdout.text == "alive\n"
+
+
+async def test_process_exit_in_a_block_is_reported_and_the_session_restarts(
+    connection: GuestConnection,
+) -> None:
+    session = await connection.open_session()
+    await session.exec("x = 1")
+    result = await session.exec("import os\nos._exit(3)")
+    assert result.session_reset and result.error is not None
+    assert result.error.name == "SessionDied" and "status 3" in result.error.value
+    after = await session.exec("print('x' in globals())")
+    assert after.stdout.text == "False\n"
+
+
+async def test_output_of_subprocesses_started_from_python_is_captured(
+    connection: GuestConnection,
+) -> None:
+    session = await connection.open_session()
+    result = await session.exec("import os\nprint('a', flush=True)\nos.system('echo b; echo c >&2')")
+    assert result.stdout.text == "a\nb\n"
+    assert result.stderr.text == "c\n"
 
 
 async def test_busy_session_refuses_a_second_block(connection: GuestConnection) -> None:

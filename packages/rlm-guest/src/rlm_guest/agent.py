@@ -1,51 +1,63 @@
-"""The guest agent: reads frames from the host, runs sessions, writes results back.
+"""The guest agent: serves a host over one channel and runs each session in a process of its own.
 
-One reader (the main thread) decodes frames and dispatches each kind through a table; blocks run
-on per-session worker threads; every frame out goes through one write lock.
+The agent is a single-threaded router around a ``selectors`` loop. It handles the connection-level
+frames itself (``welcome``, ``open_session``, ``close_session``, ``interrupt``, ``shutdown``) and
+relays the rest between the host and the session processes as raw frames, reading only their
+envelope: a 16 MiB ``set_vars`` is copied, never decoded, on its way through.
+
+Why processes (PROTOCOL.md, "Interrupt"): a block may loop forever, sleep in C, fork, or ignore
+``KeyboardInterrupt``. ``SIGINT`` to the session's process stops the first two; when a block
+does not stop within the grace period, the agent kills every process of that session (it leads
+a session of its own, so everything it started is found) and starts the session afresh.
 """
 
 from __future__ import annotations
 
 import os
 import platform
-import sys
-import threading
-from collections.abc import Callable
-from typing import Any, TextIO
+import selectors
+import signal
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import msgspec
 
 from rlm_protocol import (
     CAPABILITIES,
     DEFAULT_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     Bye,
+    Captured,
     CloseSession,
     ErrorFrame,
     Exec,
+    ExecError,
+    ExecResult,
     Frame,
     FrameDecoder,
     FrameEncoder,
     Hello,
-    HostCallReply,
-    Interrupt,
     Limits,
     OpenSession,
     ProtocolError,
+    RemoteProtocolError,
     SessionClosed,
     SessionOpened,
-    SetVars,
-    Shutdown,
     UnknownFrame,
-    VarsSet,
     Welcome,
+    decode_body,
+    decode_envelope,
     is_compatible,
 )
 
 from . import __version__
-from .capture import StreamRouter, install_routers
 from .channel import Channel
-from .session import HostCalls, Session
+from .processes import kill_session, reap_children
 
-__all__ = ["Agent", "DEFAULT_LIMITS"]
+__all__ = ["Agent", "DEFAULT_LIMITS", "INTERRUPT_GRACE_SECONDS"]
 
 DEFAULT_LIMITS = Limits(
     max_frame_bytes=DEFAULT_MAX_FRAME_BYTES,
@@ -55,58 +67,72 @@ DEFAULT_LIMITS = Limits(
     max_sessions=1024,
 )
 
+#: How long an interrupted block may take to unwind before its session is killed and reset.
+#: Long enough for ``finally`` blocks and a traceback, short enough to feel like Ctrl-C.
+INTERRUPT_GRACE_SECONDS = 2.0
+
+#: Each session process numbers its host calls from its own block of ids (PROTOCOL.md: ids are
+#: unique per connection); 2**32 calls per session process is more than any run makes.
+_CALL_ID_BLOCK = 1 << 32
+
+_WORKER_FRAMES = frozenset({"set_vars", "exec", "host_call_reply"})
+
 
 class _Stop(Exception):
-    """Leave the read loop (``Shutdown``)."""
+    """Leave the serve loop (``shutdown``)."""
+
+
+@dataclass(eq=False)
+class _Worker:
+    """The agent's handle on one session process."""
+
+    session: str
+    cwd: str | None
+    pid: int
+    sock: socket.socket
+    decoder: FrameDecoder
+    outgoing: bytearray = field(default_factory=bytearray)
+    #: ``call`` of the block running in it, if any.
+    running: int | None = None
+    #: When to interrupt the running block (its ``exec.timeout``).
+    deadline: float | None = None
+    #: When to give up on an interrupted block and reset the session.
+    grace: float | None = None
+    #: The worker said the running block started, so a SIGINT will reach it.
+    started: bool = False
+    #: An interrupt came before the block started; deliver it when it does.
+    interrupt_pending: bool = False
+    #: The previous process died between blocks: the next result must say the state is gone.
+    lost: bool = False
 
 
 class Agent:
     """Serves one host at a time over ``channel``."""
 
-    def __init__(self, channel: Channel, diagnostic: TextIO, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self, channel: Channel, diagnostic: TextIO, limits: Limits = DEFAULT_LIMITS
+    ) -> None:
         self.channel = channel
         self.limits = limits
         self._log = diagnostic
-        self._write_lock = threading.Lock()
         self._encoder = FrameEncoder(limits.max_frame_bytes)
-        self._stdout, self._stderr = self._routers(diagnostic)
-        self.host_calls = HostCalls(self.send)
-        self.sessions: dict[str, Session] = {}
-        self._handlers: dict[type[Frame], Callable[[Any], None]] = {
-            Welcome: self._on_welcome,
-            OpenSession: self._on_open_session,
-            SetVars: self._on_set_vars,
-            Exec: self._on_exec,
-            Interrupt: self._on_interrupt,
-            CloseSession: self._on_close_session,
-            HostCallReply: self._on_host_call_reply,
-            Shutdown: self._on_shutdown,
+        self._workers: dict[str, _Worker] = {}
+        self._by_fd: dict[int, _Worker] = {}
+        self._selector = selectors.DefaultSelector()
+        self._spawned = 0
+        self._handlers = {
+            "welcome": self._on_welcome,
+            "open_session": self._on_open_session,
+            "close_session": self._on_close_session,
+            "interrupt": self._on_interrupt,
+            "shutdown": self._on_shutdown,
+            "exec": self._on_shutdown,  # dispatched with its raw bytes in ``_from_host``
         }
 
-    @staticmethod
-    def _routers(diagnostic: TextIO) -> tuple[StreamRouter, StreamRouter]:
-        if isinstance(sys.stdout, StreamRouter) and isinstance(sys.stderr, StreamRouter):
-            return sys.stdout, sys.stderr
-        return install_routers(diagnostic)
-
-    # --- output ----------------------------------------------------------------------------
+    # --- output to the host -----------------------------------------------------------------
 
     def send(self, frame: Frame) -> None:
-        """Encode and write one frame; safe from any thread."""
-        with self._write_lock:
-            try:
-                view = self._encoder.encode_view(frame)
-            except ProtocolError as error:
-                # A result too large for a frame must still answer its request.
-                view = self._encoder.encode_view(
-                    ErrorFrame(
-                        code="too_large",
-                        message=str(error),
-                        session=getattr(frame, "session", None),
-                        call=getattr(frame, "call", None),
-                    )
-                )
-            self.channel.write(view)
+        self.channel.write(self._encoder.encode_view(frame))
 
     def log(self, message: str) -> None:
         print(f"rlm-guest: {message}", file=self._log, flush=True)
@@ -126,10 +152,10 @@ class Agent:
             },
         )
 
-    # --- input -----------------------------------------------------------------------------
+    # --- the loop ---------------------------------------------------------------------------
 
     def serve(self) -> int:
-        """Serve hosts until ``Shutdown`` (exit 0) or a protocol error (exit 2).
+        """Serve hosts until ``shutdown`` (exit 0) or a protocol error (exit 2).
 
         Over a device that stays open (virtio-serial) a host that disconnects is followed by
         waiting for the next one; over stdio the end of input ends the agent.
@@ -143,6 +169,7 @@ class Agent:
                 return 0
             except ProtocolError as error:
                 self.log(f"protocol error, closing: {error}")
+                self._drop_all()
                 self.send(ErrorFrame(code="bad_request", message=f"protocol error: {error}"))
                 return 2
             if not reconnect:
@@ -150,55 +177,110 @@ class Agent:
 
     def _serve_connection(self) -> bool:
         decoder = FrameDecoder(self.limits.max_frame_bytes)
-        while True:
-            data = self.channel.read()
-            if not data:
-                decoder.eof()
-                self._drop_all("host disconnected")
-                return self.channel.reconnects
-            for frame in decoder.feed(data):
-                self.dispatch(frame)
+        host_fd = self.channel.read_fd
+        self._selector.register(host_fd, selectors.EVENT_READ, None)
+        try:
+            while True:
+                for key, mask in self._selector.select(self._next_timeout()):
+                    worker = self._by_fd.get(key.fd)
+                    if worker is None:
+                        data = self.channel.read()
+                        if not data:
+                            decoder.eof()
+                            self._drop_all()
+                            return self.channel.reconnects
+                        for raw in decoder.feed_raw(data):
+                            self._from_host(raw)
+                        continue
+                    if mask & selectors.EVENT_WRITE:
+                        self._flush_to(worker)
+                    if mask & selectors.EVENT_READ:
+                        self._from_worker(worker)
+                self._run_timers()
+                reap_children()
+        finally:
+            self._selector.unregister(host_fd)
 
-    def dispatch(self, frame: Frame | UnknownFrame) -> None:
+    def _next_timeout(self) -> float | None:
+        deadlines = [
+            moment
+            for worker in self._workers.values()
+            for moment in (worker.deadline, worker.grace)
+            if moment is not None
+        ]
+        if not deadlines:
+            # Wake up now and then to reap processes that model code left behind.
+            return 5.0
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        for worker in list(self._workers.values()):
+            if worker.grace is not None and now >= worker.grace:
+                self._reset(
+                    worker,
+                    ExecError(
+                        name="SessionReset",
+                        value="the block did not stop within "
+                        f"{INTERRUPT_GRACE_SECONDS:g} s of its interrupt; every process of the "
+                        "session was killed and its variables are lost",
+                    ),
+                )
+            elif worker.deadline is not None and now >= worker.deadline:
+                worker.deadline = None
+                self._interrupt(worker)
+
+    # --- frames from the host ---------------------------------------------------------------
+
+    def _from_host(self, raw: bytes) -> None:
+        envelope = decode_envelope(raw)
+        handler = self._handlers.get(envelope.kind)
+        if handler is not None:
+            frame = decode_body(memoryview(raw)[4:])
+            if isinstance(frame, Exec):
+                self._on_exec(frame, raw)
+            elif not isinstance(frame, UnknownFrame):
+                handler(frame)
+            return
+        if envelope.kind in _WORKER_FRAMES:
+            worker = self._workers.get(envelope.session or "")
+            if worker is None:
+                if envelope.kind != "host_call_reply":  # a late reply to a closed session
+                    self._unknown_session(envelope.session, envelope.call)
+                return
+            self._to_worker(worker, raw)
+            return
+        frame = decode_body(memoryview(raw)[4:])
         if isinstance(frame, UnknownFrame):
-            # A newer minor's frame: ignore it, as PROTOCOL.md requires.
-            self.log(f"ignoring unknown frame kind {frame.kind!r}")
+            self.log(f"ignoring unknown frame kind {frame.kind!r}")  # a newer minor's frame
             return
-        handler = self._handlers.get(type(frame))
-        if handler is None:
-            self.send(
-                ErrorFrame(
-                    code="bad_request",
-                    message=f"{type(frame).__name__} is not a host-to-guest frame",
-                    session=getattr(frame, "session", None),
-                    call=getattr(frame, "call", None),
-                )
+        self.send(
+            ErrorFrame(
+                code="bad_request",
+                message=f"{type(frame).__name__} is not a host-to-guest frame",
+                session=envelope.session,
+                call=envelope.call,
             )
-            return
-        handler(frame)
+        )
 
-    def _session(self, frame: SetVars | Exec | CloseSession) -> Session | None:
-        session = self.sessions.get(frame.session)
-        if session is None:
-            self.send(
-                ErrorFrame(
-                    code="unknown_session",
-                    message=f"no session {frame.session!r}",
-                    session=frame.session,
-                    call=frame.call,
-                )
+    def _unknown_session(self, session: str | None, call: int | None) -> None:
+        self.send(
+            ErrorFrame(
+                code="unknown_session", message=f"no session {session!r}", session=session, call=call
             )
-        return session
+        )
 
-    def _on_welcome(self, frame: Welcome) -> None:
+    def _on_welcome(self, frame: Frame) -> None:
+        assert isinstance(frame, Welcome)
         if not is_compatible(frame.protocol):
-            raise ProtocolError(
+            raise RemoteProtocolError(
                 f"host speaks protocol {frame.protocol[0]}.{frame.protocol[1]}, this guest "
                 f"{PROTOCOL_VERSION[0]}.{PROTOCOL_VERSION[1]}: majors differ"
             )
 
-    def _on_open_session(self, frame: OpenSession) -> None:
-        if frame.session in self.sessions:
+    def _on_open_session(self, frame: Frame) -> None:
+        assert isinstance(frame, OpenSession)
+        if frame.session in self._workers:
             self.send(
                 ErrorFrame(
                     code="session_exists",
@@ -208,7 +290,7 @@ class Agent:
                 )
             )
             return
-        if len(self.sessions) >= self.limits.max_sessions:
+        if len(self._workers) >= self.limits.max_sessions:
             self.send(
                 ErrorFrame(
                     code="too_large",
@@ -218,27 +300,13 @@ class Agent:
                 )
             )
             return
-        session = Session(
-            frame.session,
-            send=self.send,
-            host_calls=self.host_calls,
-            stdout=self._stdout,
-            stderr=self._stderr,
-            max_output_chars=self.limits.max_output_chars,
-            cwd=frame.cwd,
-        )
-        self.sessions[frame.session] = session
-        self.send(SessionOpened(session=frame.session, call=frame.call, state=session.state()))
+        self._spawn(frame.session, frame.cwd)
+        self.send(SessionOpened(session=frame.session, call=frame.call))
 
-    def _on_set_vars(self, frame: SetVars) -> None:
-        session = self._session(frame)
-        if session is not None:
-            state = session.set_vars(frame.values)
-            self.send(VarsSet(session=frame.session, call=frame.call, state=state))
-
-    def _on_exec(self, frame: Exec) -> None:
-        session = self._session(frame)
-        if session is None:
+    def _on_exec(self, frame: Exec, raw: bytes) -> None:
+        worker = self._workers.get(frame.session)
+        if worker is None:
+            self._unknown_session(frame.session, frame.call)
             return
         if frame.language not in ("python", "bash"):
             self.send(
@@ -250,7 +318,7 @@ class Agent:
                 )
             )
             return
-        if not session.start_exec(frame.call, frame.code, frame.language, frame.timeout):
+        if worker.running is not None:
             self.send(
                 ErrorFrame(
                     code="session_busy",
@@ -259,37 +327,203 @@ class Agent:
                     call=frame.call,
                 )
             )
-
-    def _on_interrupt(self, frame: Interrupt) -> None:
-        session = self.sessions.get(frame.session)
-        if session is not None:
-            session.interrupt()
-
-    def _on_close_session(self, frame: CloseSession) -> None:
-        session = self.sessions.pop(frame.session, None)
-        if session is None:
-            self.send(
-                ErrorFrame(
-                    code="unknown_session",
-                    message=f"no session {frame.session!r}",
-                    session=frame.session,
-                    call=frame.call,
-                )
-            )
             return
-        session.close()
+        worker.running = frame.call
+        worker.started = worker.interrupt_pending = False
+        worker.deadline = None if frame.timeout is None else time.monotonic() + frame.timeout
+        self._to_worker(worker, raw)
+
+    def _on_interrupt(self, frame: Frame) -> None:
+        worker = self._workers.get(getattr(frame, "session", ""))
+        if worker is not None:
+            self._interrupt(worker)
+
+    def _on_close_session(self, frame: Frame) -> None:
+        assert isinstance(frame, CloseSession)
+        worker = self._workers.get(frame.session)
+        if worker is None:
+            self._unknown_session(frame.session, frame.call)
+            return
+        self._discard(worker)
         self.send(SessionClosed(session=frame.session, call=frame.call))
 
-    def _on_host_call_reply(self, frame: HostCallReply) -> None:
-        self.host_calls.resolve(frame.call, frame.value, frame.error)
-
-    def _on_shutdown(self, frame: Shutdown) -> None:
-        self._drop_all("shutdown")
+    def _on_shutdown(self, frame: Frame) -> None:
+        self._drop_all()
         self.send(Bye())
         raise _Stop
 
-    def _drop_all(self, reason: str) -> None:
-        self.host_calls.fail_all(reason)
-        for session in self.sessions.values():
-            session.close()
-        self.sessions.clear()
+    # --- session processes ------------------------------------------------------------------
+
+    def _spawn(self, session: str, cwd: str | None) -> _Worker:
+        parent_sock, child_sock = socket.socketpair()
+        self._spawned += 1
+        first_call_id = self._spawned * _CALL_ID_BLOCK + 1
+        pid = os.fork()
+        if pid == 0:  # the session process
+            code = 70
+            try:
+                parent_sock.close()
+                self._close_inherited()
+                from .worker import worker_main
+
+                worker_main(
+                    child_sock,
+                    session_id=session,
+                    first_call_id=first_call_id,
+                    max_output_chars=self.limits.max_output_chars,
+                    max_frame_bytes=self.limits.max_frame_bytes,
+                    cwd=cwd,
+                )
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        child_sock.close()
+        parent_sock.setblocking(False)
+        worker = _Worker(
+            session=session,
+            cwd=cwd,
+            pid=pid,
+            sock=parent_sock,
+            decoder=FrameDecoder(self.limits.max_frame_bytes),
+        )
+        self._workers[session] = worker
+        self._by_fd[parent_sock.fileno()] = worker
+        self._selector.register(parent_sock, selectors.EVENT_READ, None)
+        return worker
+
+    def _close_inherited(self) -> None:
+        # The session process must not hold the host channel (the host would never see the
+        # agent's end) nor other sessions' sockets.
+        for fd in {self.channel.read_fd, self.channel.write_fd}:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        for worker in self._workers.values():
+            worker.sock.close()
+        self._selector.close()
+
+    def _discard(self, worker: _Worker) -> None:
+        """Kill every process of the session and forget it."""
+        self._workers.pop(worker.session, None)
+        self._by_fd.pop(worker.sock.fileno(), None)
+        self._selector.unregister(worker.sock)
+        worker.sock.close()
+        kill_session(worker.pid)
+        reap_children()
+
+    def _drop_all(self) -> None:
+        for worker in list(self._workers.values()):
+            self._discard(worker)
+
+    def _interrupt(self, worker: _Worker) -> None:
+        if worker.running is None or worker.grace is not None:
+            return
+        if worker.started:
+            self._signal(worker)
+        else:
+            worker.interrupt_pending = True
+        worker.grace = time.monotonic() + INTERRUPT_GRACE_SECONDS
+
+    def _signal(self, worker: _Worker) -> None:
+        try:
+            os.kill(worker.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass  # it died: its end-of-stream is handled as a death
+
+    def _reset(self, worker: _Worker, error: ExecError) -> None:
+        """Replace a session's process with a fresh one, answering the block that was running."""
+        call, interrupted = worker.running, worker.grace is not None
+        self._discard(worker)
+        fresh = self._spawn(worker.session, worker.cwd)
+        if call is None:
+            fresh.lost = True
+            return
+        self.send(
+            ExecResult(
+                session=worker.session,
+                call=call,
+                stdout=Captured(),
+                stderr=Captured(text=error.value + "\n", chars=len(error.value) + 1, lines=2),
+                error=error,
+                interrupted=interrupted,
+                session_reset=True,
+            )
+        )
+
+    # --- relaying ---------------------------------------------------------------------------
+
+    def _to_worker(self, worker: _Worker, data: bytes) -> None:
+        worker.outgoing += data
+        self._flush_to(worker)
+
+    def _flush_to(self, worker: _Worker) -> None:
+        if worker.outgoing:
+            try:
+                sent = worker.sock.send(worker.outgoing)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                sent = len(worker.outgoing)  # the process is gone; its EOF will be handled
+            del worker.outgoing[:sent]
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if worker.outgoing else 0)
+        self._selector.modify(worker.sock, events, None)
+
+    def _from_worker(self, worker: _Worker) -> None:
+        try:
+            data = worker.sock.recv(1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._reset(worker, self._death_error(worker.pid))
+            return
+        try:
+            frames = worker.decoder.feed_raw(data)
+        except ProtocolError as error:
+            self._reset(worker, ExecError(name="SessionDied", value=f"protocol error: {error}"))
+            return
+        for raw in frames:
+            envelope = decode_envelope(raw)
+            if envelope.kind == "block_started":
+                if envelope.call == worker.running:
+                    worker.started = True
+                    if worker.interrupt_pending:
+                        self._signal(worker)
+                continue
+            if envelope.kind == "exec_result" and envelope.call == worker.running:
+                worker.running = worker.deadline = worker.grace = None
+                if worker.lost:
+                    worker.lost = False
+                    raw = _mark_reset(raw)
+            self.channel.write(raw)
+
+    def _death_error(self, pid: int) -> ExecError:
+        # The socket closes a moment before the process can be reaped; wait that moment (but
+        # never block on a process that closed its socket and lives on: it is killed next).
+        status = None
+        for _ in range(100):
+            status = reap_children().get(pid)
+            if status is not None:
+                break
+            time.sleep(0.001)
+        if status is None:
+            how = "ended"
+        elif os.WIFSIGNALED(status):
+            how = f"was killed by signal {os.WTERMSIG(status)}"
+        else:
+            how = f"exited with status {os.WEXITSTATUS(status)}"
+        return ExecError(
+            name="SessionDied",
+            value=f"the session's process {how}; the session was restarted and its variables "
+            "are lost",
+        )
+
+
+def _mark_reset(raw: bytes) -> bytes:
+    frame = decode_body(memoryview(raw)[4:])
+    assert isinstance(frame, ExecResult)
+    body = msgspec.msgpack.encode(msgspec.structs.replace(frame, session_reset=True))
+    return len(body).to_bytes(4, "big") + body

@@ -1,4 +1,4 @@
-"""Bash blocks: ``/bin/sh -c`` in its own process group, both streams captured with caps."""
+"""Bash blocks: ``/bin/sh -c`` in a process group of its own, both streams captured with caps."""
 
 from __future__ import annotations
 
@@ -12,7 +12,15 @@ from typing import IO
 
 from rlm_protocol import OutputCapture
 
-__all__ = ["run_bash"]
+__all__ = ["kill_group", "run_bash"]
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL a process group, ignoring one that is already gone."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _pump(pipe: IO[bytes], sink: OutputCapture) -> None:
@@ -30,11 +38,12 @@ def run_bash(
     cwd: str,
     stdout: OutputCapture,
     stderr: OutputCapture,
-    on_start: Callable[[subprocess.Popen[bytes]], None],
+    on_start: Callable[[int], None],
 ) -> int:
     """Run ``script`` and return its exit status (negative: killed by that signal).
 
-    The shell leads a new process group so that an interrupt kills the whole pipeline. When the
+    The shell leads a new process group (in the session process's session, so that the agent
+    still finds it when it kills a session) and an interrupt kills the whole pipeline. When the
     shell exits, anything it left running in that group is killed too: a background job holding
     the pipes open would otherwise keep the block from ever ending.
     """
@@ -44,9 +53,9 @@ def run_bash(
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        start_new_session=True,
+        process_group=0,
     )
-    on_start(process)
+    on_start(process.pid)
     assert process.stdout is not None and process.stderr is not None
     pumps = [
         threading.Thread(target=_pump, args=(process.stdout, stdout), daemon=True),
@@ -54,11 +63,10 @@ def run_bash(
     ]
     for pump in pumps:
         pump.start()
-    returncode = process.wait()
     try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+        returncode = process.wait()
+    finally:
+        kill_group(process.pid)
     for pump in pumps:
         pump.join()
     return returncode

@@ -1,47 +1,48 @@
-"""Per-thread routing of ``sys.stdout``/``sys.stderr`` into each session's capture.
+"""Capture of a session process's output: ``sys.stdout``/``sys.stderr`` and descriptors 1 and 2.
 
-Sessions run in worker threads of one process, so the process-wide ``sys.stdout`` is replaced once
-by a router that writes to whatever sink the current thread has installed. Direct
-``sys.stdout.write`` calls are captured as well as ``print``. A thread with no sink (the agent's
-own threads, or a thread that model code started itself) writes to the agent's diagnostic stream.
+A session runs in a process of its own, so capture can be process-wide: Python-level writes
+(``print``, ``sys.stdout.write``, from any thread) go straight into the running block's
+``OutputCapture``; bytes written to descriptors 1 and 2 (``os.system``, a subprocess, C code) come
+through pipes that pump threads decode into the same captures.
 """
 
 from __future__ import annotations
 
+import codecs
+import os
+import select
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TextIO
 
 from rlm_protocol import OutputCapture
 
-__all__ = ["StreamRouter", "install_routers"]
+__all__ = ["Capture", "SinkStream"]
 
 
-class StreamRouter:
-    """A ``TextIO``-like object that forwards each write to the calling thread's sink."""
+class SinkStream:
+    """A ``TextIO``-like stream writing into whichever capture is current (or nowhere)."""
 
-    def __init__(self, fallback: TextIO, name: str) -> None:
-        self._fallback = fallback
-        self._local = threading.local()
+    def __init__(self, name: str, fileno: int) -> None:
         self.name = name
+        self._fileno = fileno
+        self.sink: OutputCapture | None = None
         self.encoding = "utf-8"
         self.errors = "replace"
 
-    def _target(self) -> OutputCapture | TextIO:
-        sink: OutputCapture | None = getattr(self._local, "sink", None)
-        return sink if sink is not None else self._fallback
-
     def write(self, text: str) -> int:
-        return self._target().write(text)
+        sink = self.sink
+        if sink is None:
+            return len(text)
+        return sink.write(text)
 
     def writelines(self, lines: list[str]) -> None:
         for line in lines:
             self.write(line)
 
     def flush(self) -> None:
-        self._target().flush()
+        pass
 
     def isatty(self) -> bool:
         return False
@@ -53,25 +54,69 @@ class StreamRouter:
         return False
 
     def fileno(self) -> int:
-        # Code that asks for a descriptor (``subprocess`` with ``stdout=sys.stdout``) gets the
-        # agent's diagnostic descriptor, never the protocol channel.
-        return self._fallback.fileno()
+        # ``subprocess.run(..., stdout=sys.stdout)`` gets the captured descriptor.
+        return self._fileno
+
+
+class _Pump:
+    """Decodes one descriptor's pipe into the current sink of a ``SinkStream``."""
+
+    def __init__(self, read_fd: int, stream: SinkStream) -> None:
+        self._fd = read_fd
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        threading.Thread(target=self._run, name=f"pump-{stream.name}", daemon=True).start()
+
+    def _read_available(self) -> bool:
+        # Called with the lock held; False when nothing was waiting in the pipe.
+        ready, _, _ = select.select([self._fd], [], [], 0)
+        if not ready:
+            return False
+        data = os.read(self._fd, 65536)
+        if not data:
+            return False
+        text = self._decoder.decode(data)
+        sink = self._stream.sink
+        if sink is not None and text:
+            sink.write(text)
+        return True
+
+    def _run(self) -> None:
+        while True:
+            select.select([self._fd], [], [])
+            with self._lock:
+                self._read_available()
+
+    def drain(self) -> None:
+        """Move everything already in the pipe into the current sink (end of a block)."""
+        with self._lock:
+            while self._read_available():
+                pass
+
+
+class Capture:
+    """Installs the process-wide capture once; :meth:`into` scopes it to one block."""
+
+    def __init__(self) -> None:
+        self.stdout = SinkStream("<stdout>", 1)
+        self.stderr = SinkStream("<stderr>", 2)
+        self._pumps: list[_Pump] = []
+        for fd, stream in ((1, self.stdout), (2, self.stderr)):
+            read_fd, write_fd = os.pipe()
+            os.dup2(write_fd, fd)
+            os.close(write_fd)
+            os.set_inheritable(fd, True)
+            self._pumps.append(_Pump(read_fd, stream))
+        sys.stdout = self.stdout
+        sys.stderr = self.stderr
 
     @contextmanager
-    def capturing(self, sink: OutputCapture) -> Iterator[OutputCapture]:
-        """Route this thread's writes to ``sink`` for the duration of the block."""
-        previous = getattr(self._local, "sink", None)
-        self._local.sink = sink
+    def into(self, out: OutputCapture, err: OutputCapture) -> Iterator[None]:
+        self.stdout.sink, self.stderr.sink = out, err
         try:
-            yield sink
+            yield
         finally:
-            self._local.sink = previous
-
-
-def install_routers(diagnostic: TextIO) -> tuple[StreamRouter, StreamRouter]:
-    """Replace ``sys.stdout`` and ``sys.stderr`` with routers falling back to ``diagnostic``."""
-    out = StreamRouter(diagnostic, "<stdout>")
-    err = StreamRouter(diagnostic, "<stderr>")
-    sys.stdout = out
-    sys.stderr = err
-    return out, err
+            for pump in self._pumps:
+                pump.drain()
+            self.stdout.sink = self.stderr.sink = None

@@ -1,16 +1,22 @@
-"""One REPL session: a namespace, a worker thread that runs its blocks, and its host calls."""
+"""One REPL session: its namespace, its host calls, and how one block runs in it.
+
+A session lives in a process of its own (see :mod:`rlm_guest.worker`), and its blocks run on that
+process's main thread. That is what makes interrupts reliable: ``SIGINT`` raises
+``KeyboardInterrupt`` in the main thread even inside ``time.sleep``, and when a block ignores it
+the agent kills the process group and starts the session afresh.
+"""
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import json
 import os
-import queue
+import signal
 import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import Any
 
 from rlm_protocol import (
@@ -25,10 +31,10 @@ from rlm_protocol import (
     VarsState,
 )
 
-from .bash import run_bash
-from .capture import StreamRouter
+from .bash import kill_group, run_bash
+from .capture import Capture
 
-__all__ = ["HostCallFailed", "HostCalls", "Session", "SessionInterrupted"]
+__all__ = ["HostCallFailed", "HostCalls", "Session"]
 
 #: Names the REPL provides; hidden from ``SHOW_VARS`` and the state summary.
 REPL_NAMES = frozenset(
@@ -42,17 +48,8 @@ REPL_NAMES = frozenset(
     }
 )
 
-#: How long an interrupted Python block may take to unwind before its session is reset.
-#: An async exception only lands between bytecodes, so a thread blocked inside C (a long
-#: ``time.sleep``) never sees it; two seconds separates "slow to unwind" from "stuck".
-INTERRUPT_GRACE_SECONDS = 2.0
 
-#: Waits for host-call replies wake this often so that an interrupt can land.
-_WAIT_SLICE_SECONDS = 0.05
-
-
-class SessionInterrupted(KeyboardInterrupt):
-    """Raised inside a block's thread to stop it (``Interrupt`` frame or timeout)."""
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 class HostCallFailed(RuntimeError):
@@ -69,14 +66,15 @@ class _Waiter:
 
 
 class HostCalls:
-    """Call ids and reply waiters for every session of one connection.
+    """Call ids and reply waiters of one session.
 
-    Ids are unique per connection, so replies are routed by id alone and may arrive in any order.
+    ``first_id`` gives each session process a disjoint block of ids, so ids stay unique on the
+    whole connection (PROTOCOL.md, "Call ids") without any coordination between processes.
     """
 
-    def __init__(self, send: Callable[[Frame], None]) -> None:
+    def __init__(self, send: Callable[[Frame], None], first_id: int = 1) -> None:
         self._send = send
-        self._ids = itertools.count(1)
+        self._ids = itertools.count(first_id)
         self._waiters: dict[int, _Waiter] = {}
         self._lock = threading.Lock()
 
@@ -116,11 +114,14 @@ class HostCalls:
             waiter.event.set()
 
     def wait(self, calls: Sequence[tuple[int, _Waiter]]) -> list[Any]:
-        """Wait for every reply, in the order of ``calls``; raise the first error."""
+        """Wait for every reply, in the order of ``calls``; raise the first error.
+
+        The wait is interruptible: a lock wait on the main thread returns to Python when a
+        signal arrives, so ``SIGINT`` stops a block blocked on the host.
+        """
         try:
             for _, waiter in calls:
-                while not waiter.event.wait(_WAIT_SLICE_SECONDS):
-                    pass
+                waiter.event.wait()
         finally:
             for call, waiter in calls:
                 if not waiter.event.is_set():
@@ -141,7 +142,8 @@ def _prompt_with_fields(prompt: object, fields: dict[str, Any]) -> str:
     return text
 
 
-def _final_value(value: Any) -> FinalValue:
+def final_value(value: Any) -> FinalValue:
+    """Check ``Final`` and normalise it to what ``json.dumps`` would produce."""
     type_name = type(value).__name__
     try:
         shown = repr(value)[:200]
@@ -161,39 +163,27 @@ def _final_value(value: Any) -> FinalValue:
     return FinalValue(ok=True, value=normalised, type=type_name, repr=shown)
 
 
-def _exec_error(exc: BaseException) -> ExecError:
+def exec_error(exc: BaseException) -> ExecError:
     """The error record of a block, with the agent's own frames cut from the traceback."""
     tb = exc.__traceback__
     # Frames before the first one in "<rlm-repl>" belong to the agent, not to the model's code.
     while tb is not None and tb.tb_frame.f_code.co_filename != "<rlm-repl>":
         tb = tb.tb_next
-    if isinstance(exc, SessionInterrupted):
-        lines = traceback.format_list(traceback.extract_tb(tb))
-        text = "Traceback (most recent call last):\n" + "".join(lines)
-        return ExecError(
-            name="KeyboardInterrupt",
-            value="interrupted",
-            traceback=text + "KeyboardInterrupt: the block was interrupted\n",
+    if isinstance(exc, KeyboardInterrupt):
+        # The innermost frame is our SIGINT handler: the model's code ends where it was stopped.
+        frames = [f for f in traceback.extract_tb(tb) if not f.filename.startswith(_PACKAGE_DIR)]
+        text = (
+            "Traceback (most recent call last):\n"
+            + "".join(traceback.format_list(frames))
+            + "KeyboardInterrupt: the block was interrupted\n"
         )
+        return ExecError(name="KeyboardInterrupt", value="the block was interrupted", traceback=text)
     text = "".join(traceback.format_exception(type(exc), exc, tb))
     return ExecError(name=type(exc).__name__, value=str(exc), traceback=text)
 
 
-class _Job:
-    __slots__ = ("call", "code", "language", "timeout", "thread_id", "done", "interrupted")
-
-    def __init__(self, call: int, code: str, language: Language, timeout: float | None) -> None:
-        self.call = call
-        self.code = code
-        self.language = language
-        self.timeout = timeout
-        self.thread_id: int | None = None
-        self.done = threading.Event()
-        self.interrupted = False
-
-
 class Session:
-    """A persistent namespace plus one worker thread; at most one block runs at a time."""
+    """A persistent namespace whose blocks run on the calling thread."""
 
     def __init__(
         self,
@@ -201,42 +191,33 @@ class Session:
         *,
         send: Callable[[Frame], None],
         host_calls: HostCalls,
-        stdout: StreamRouter,
-        stderr: StreamRouter,
+        capture: Capture,
         max_output_chars: int,
         cwd: str | None,
+        on_started: Callable[[int], None] = lambda call: None,
     ) -> None:
         self.id = session_id
+        self._on_started = on_started
         self._send = send
-        self._host_calls = host_calls
-        self._stdout = stdout
-        self._stderr = stderr
+        self.host_calls = host_calls
+        self._capture = capture
         self._max_output_chars = max_output_chars
         self.cwd = cwd or "/tmp"
-        self._lock = threading.Lock()
-        self._job: _Job | None = None
-        self._generation = 0
-        self._closed = False
-        self.namespace: dict[str, Any] = {}
-        self._reset_namespace()
-        self._bash_process: Any = None
+        self.namespace: dict[str, Any] = {
+            "__name__": "__rlm_repl__",
+            "__builtins__": __builtins__,
+            "host_call": self.host_call,
+            "rlm_query": self.rlm_query,
+            "rlm_query_batched": self.rlm_query_batched,
+            "llm_query": self.llm_query,
+            "llm_query_batched": self.llm_query_batched,
+            "SHOW_VARS": self.show_vars,
+        }
+        self._running: Language | None = None
+        self._bash_pid: int | None = None
+        self._interrupted = False
 
     # --- namespace -------------------------------------------------------------------------
-
-    def _reset_namespace(self) -> None:
-        self.namespace.clear()
-        self.namespace.update(
-            {
-                "__name__": "__rlm_repl__",
-                "__builtins__": __builtins__,
-                "host_call": self.host_call,
-                "rlm_query": self.rlm_query,
-                "rlm_query_batched": self.rlm_query_batched,
-                "llm_query": self.llm_query,
-                "llm_query_batched": self.llm_query_batched,
-                "SHOW_VARS": self.show_vars,
-            }
-        )
 
     def visible_names(self) -> list[str]:
         return sorted(
@@ -263,21 +244,21 @@ class Session:
                 rows.append(f"{name}: {type(value).__name__}")
         print("\n".join(rows) if rows else "(no variables)")
 
-    # --- host calls (run on the worker thread, from model code) ----------------------------
+    # --- host calls (from model code) ------------------------------------------------------
 
     def host_call(self, method: str, payload: dict[str, Any] | None = None) -> Any:
         """Call the host and wait for its reply (the seed's ``host_call``)."""
-        return self._host_calls.wait([self._host_calls.start(self.id, method, payload or {})])[0]
+        return self.host_calls.wait([self.host_calls.start(self.id, method, payload or {})])[0]
 
     def _batched(self, method: str, prompts: Sequence[object], model: str | None) -> list[Any]:
         if isinstance(prompts, (str, bytes)):
             raise TypeError(f"{method}_batched expects a list of prompts, not a single string")
         # Every call is sent before any reply is awaited: the host runs them concurrently.
         calls = [
-            self._host_calls.start(self.id, method, {"prompt": str(prompt), "model": model})
+            self.host_calls.start(self.id, method, {"prompt": str(prompt), "model": model})
             for prompt in prompts
         ]
-        return self._host_calls.wait(calls)
+        return self.host_calls.wait(calls)
 
     def rlm_query(self, prompt: object, model: str | None = None, **fields: Any) -> Any:
         """Ask a child RLM (its own session, depth + 1); at the depth limit, a plain chat call."""
@@ -297,156 +278,78 @@ class Session:
         """Plain chat calls for every prompt, all at once; answers in prompt order."""
         return self._batched("llm_query", prompts, model)
 
-    # --- exec ------------------------------------------------------------------------------
+    # --- exec (main thread) ----------------------------------------------------------------
 
-    def busy(self) -> bool:
-        return self._job is not None
-
-    def start_exec(self, call: int, code: str, language: Language, timeout: float | None) -> bool:
-        """Start a block on a fresh worker thread; False if one is already running."""
-        with self._lock:
-            if self._job is not None or self._closed:
-                return False
-            job = _Job(call, code, language, timeout)
-            self._job = job
-            generation = self._generation
-        thread = threading.Thread(
-            target=self._run_job, args=(job, generation), name=f"rlm-session-{self.id}", daemon=True
-        )
-        thread.start()
-        if timeout is not None:
-            timer = threading.Timer(timeout, self._timeout, args=(job,))
-            timer.daemon = True
-            timer.start()
-        return True
-
-    def _timeout(self, job: _Job) -> None:
-        if not job.done.is_set():
-            self._interrupt_job(job)
-
-    def interrupt(self) -> None:
-        """Stop the running block, if any (the ``Interrupt`` frame)."""
-        job = self._job
-        if job is not None:
-            self._interrupt_job(job)
-
-    def _interrupt_job(self, job: _Job) -> None:
-        job.interrupted = True
-        if job.language == "bash":
-            process = self._bash_process
-            if process is not None:
-                _kill_group(process.pid)
+    def on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        """SIGINT from the agent: stop the running block, whatever it is doing."""
+        if self._running is None:
+            return  # arrived between blocks: nothing to stop
+        self._interrupted = True
+        if self._running == "bash":
+            if self._bash_pid is not None:
+                kill_group(self._bash_pid)
             return
-        if job.thread_id is not None:
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                ctypes.c_ulong(job.thread_id), ctypes.py_object(SessionInterrupted)
-            )
-        watchdog = threading.Thread(target=self._reset_if_stuck, args=(job,), daemon=True)
-        watchdog.start()
+        raise KeyboardInterrupt
 
-    def _reset_if_stuck(self, job: _Job) -> None:
-        if job.done.wait(INTERRUPT_GRACE_SECONDS):
-            return
-        # The thread is stuck in C code. Abandon it: a new generation gets a fresh namespace,
-        # and whatever the old thread produces later is dropped.
-        with self._lock:
-            if self._job is not job:
-                return
-            self._generation += 1
-            self._job = None
-            self._reset_namespace()
-        self._send(
-            ExecResult(
-                session=self.id,
-                call=job.call,
-                stdout=OutputCapture(0).captured(),
-                stderr=OutputCapture(0).captured(),
-                state=self.state(),
-                error=ExecError(
-                    name="SessionReset",
-                    value="the block did not stop when interrupted; the session was reset "
-                    "and its variables are lost",
-                ),
-                interrupted=True,
-                session_reset=True,
-            )
-        )
-
-    def _run_job(self, job: _Job, generation: int) -> None:
-        job.thread_id = threading.get_ident()
+    def run(self, call: int, code: str, language: Language) -> ExecResult:
+        """Run one block to its end and return the result frame."""
         started = time.perf_counter()
         out = OutputCapture(self._max_output_chars)
         err = OutputCapture(self._max_output_chars)
         error: ExecError | None = None
         returncode: int | None = None
+        self._interrupted = False
         try:
-            if job.language == "bash":
-                returncode = self._run_bash(job, out, err)
+            self._running = language
+            # Only now may the agent signal this block (a SIGINT earlier would hit nothing).
+            self._on_started(call)
+            if language == "bash":
+                returncode = self._run_bash(code, out, err)
             else:
-                error = self._run_python(job, out, err)
-        except SessionInterrupted:
-            # The interrupt landed after the block's own handler: still an interrupted block.
-            error = ExecError(name="KeyboardInterrupt", value="interrupted")
+                error = self._run_python(code, out, err)
+        except KeyboardInterrupt as exc:
+            # Landed outside the model's frames (while entering or leaving the block).
+            error = exec_error(exc)
+        finally:
+            self._running = None
         final: FinalValue | None = None
         if "Final" in self.namespace:
-            final = _final_value(self.namespace["Final"])
-        result = ExecResult(
+            final = final_value(self.namespace["Final"])
+        return ExecResult(
             session=self.id,
-            call=job.call,
+            call=call,
             stdout=out.captured(),
             stderr=err.captured(),
             state=self.state(),
             final=final,
             error=error,
             returncode=returncode,
-            interrupted=job.interrupted,
+            interrupted=self._interrupted,
             duration=time.perf_counter() - started,
         )
-        with self._lock:
-            current = generation == self._generation and self._job is job
-            if current:
-                self._job = None
-        job.done.set()
-        if current:
-            self._send(result)
 
-    def _run_python(self, job: _Job, out: OutputCapture, err: OutputCapture) -> ExecError | None:
-        try:
-            with self._stdout.capturing(out), self._stderr.capturing(err):
-                try:
-                    code = compile(job.code, "<rlm-repl>", "exec")
-                    exec(code, self.namespace)
-                except BaseException as exc:  # model code may raise anything, SystemExit too
-                    error = _exec_error(exc)
-                    err.write(error.traceback)
-                    return error
-        except SessionInterrupted:
-            return ExecError(name="KeyboardInterrupt", value="interrupted")
+    def _run_python(self, code: str, out: OutputCapture, err: OutputCapture) -> ExecError | None:
+        with self._capture.into(out, err):
+            try:
+                exec(compile(code, "<rlm-repl>", "exec"), self.namespace)
+            except BaseException as exc:  # model code may raise anything, SystemExit too
+                error = exec_error(exc)
+                err.write(error.traceback)
+                return error
         return None
 
-    def _run_bash(self, job: _Job, out: OutputCapture, err: OutputCapture) -> int:
-        def started(process: Any) -> None:
-            self._bash_process = process
-            if job.interrupted:
-                _kill_group(process.pid)
+    def _run_bash(self, code: str, out: OutputCapture, err: OutputCapture) -> int:
+        def started(pid: int) -> None:
+            self._bash_pid = pid
+            if self._interrupted:  # SIGINT came between the fork and this line
+                kill_group(pid)
 
         try:
-            return run_bash(job.code, cwd=self.cwd, stdout=out, stderr=err, on_start=started)
+            return run_bash(code, cwd=self.cwd, stdout=out, stderr=err, on_start=started)
         finally:
-            self._bash_process = None
-
-    def close(self) -> None:
-        """Interrupt any running block and drop the namespace."""
-        with self._lock:
-            self._closed = True
-            job = self._job
-        if job is not None:
-            self._interrupt_job(job)
-        self.namespace.clear()
+            self._bash_pid = None
 
 
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, 9)
-    except ProcessLookupError:
-        pass
+def install_sigint(session: Session) -> None:
+    """Route SIGINT to the session (the worker's main thread runs its blocks)."""
+    signal.signal(signal.SIGINT, session.on_sigint)

@@ -249,15 +249,28 @@ class GuestConnection:
             SessionError: the guest answered with an ``ErrorFrame``.
             GuestDiedError: the guest went away first.
         """
+        pending = self.expect(call)
+        try:
+            await self.send(frame)
+            return await self.reply(pending, call, reply_type)
+        finally:
+            self.forget(call)
+
+    def expect(self, call: int) -> _Pending:
+        """Register the waiter for ``call``; do it before sending the request."""
         if self._death is not None:
             raise self._death
         pending = _Pending()
         self._pending[call] = pending
-        try:
-            await self.send(frame)
-            await pending.event.wait()
-        finally:
-            self._pending.pop(call, None)
+        return pending
+
+    def forget(self, call: int) -> None:
+        """Stop waiting for ``call``: a reply arriving later is dropped."""
+        self._pending.pop(call, None)
+
+    async def reply(self, pending: _Pending, call: int, reply_type: type[_ReplyT]) -> _ReplyT:
+        """Wait for the reply registered with :meth:`expect` and check its type."""
+        await pending.event.wait()
         if pending.error is not None:
             raise pending.error
         reply = pending.reply

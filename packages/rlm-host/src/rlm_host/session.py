@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Session"]
 
-#: After a cancelled ``exec``, how long to wait for the guest to confirm the interrupt.
+#: After a cancelled ``exec``, how long to wait for the guest to confirm the interrupt: the
+#: guest's grace period (2 s) plus the time to kill and restart a stuck session.
 INTERRUPT_CONFIRM_SECONDS = 5.0
 
 
@@ -106,20 +107,26 @@ class Session:
             GuestDiedError: the guest went away.
         """
         self._check_open()
-        call = self.connection.new_call()
+        connection = self.connection
+        call = connection.new_call()
+        pending = connection.expect(call)
         try:
-            result = await self.connection.request(
-                Exec(session=self.id, call=call, code=code, language=language, timeout=timeout),
-                call,
-                ExecResult,
+            await connection.send(
+                Exec(session=self.id, call=call, code=code, language=language, timeout=timeout)
             )
+            result = await connection.reply(pending, call, ExecResult)
         except trio.Cancelled:
+            # Stop the block, and wait (bounded) for it to end, so that the session is free
+            # again when this cancellation has finished.
             with trio.CancelScope(shield=True), trio.move_on_after(INTERRUPT_CONFIRM_SECONDS):
                 try:
-                    await self.connection.send(Interrupt(session=self.id))
+                    await connection.send(Interrupt(session=self.id))
+                    await pending.event.wait()
                 except GuestError:
                     pass
             raise
+        finally:
+            connection.forget(call)
         self.state = result.state
         return result
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 from .codec import (
     DEFAULT_MAX_FRAME_BYTES,
     HEADER_BYTES,
+    Envelope,
     FrameDecoder,
     FrameEncoder,
     decode_body,
+    decode_envelope,
     encode,
 )
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
@@ -71,6 +73,7 @@ __all__ = [
     "Captured",
     "CloseSession",
     "DEFAULT_MAX_FRAME_BYTES",
+    "Envelope",
     "ErrorCode",
     "ErrorFrame",
     "Exec",
@@ -112,6 +115,7 @@ __all__ = [
     "captured_metadata",
     "count_lines",
     "decode_body",
+    "decode_envelope",
     "encode",
     "is_compatible",
     "text_metadata",

@@ -1,0 +1,150 @@
+"""The process of one session: forked by the agent, talks frames to it over a socketpair.
+
+Its main thread runs the blocks; a reader thread takes frames from the agent (``set_vars``,
+``exec``, ``host_call_reply``) so that host-call replies arrive while a block is waiting for them.
+The process leads its own session (``setsid``), so the agent can kill everything a block started,
+however it was started, by killing that session's processes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import traceback
+
+from rlm_protocol import (
+    ErrorFrame,
+    Exec,
+    Frame,
+    FrameDecoder,
+    FrameEncoder,
+    HostCallReply,
+    ProtocolError,
+    SetVars,
+    VarsSet,
+)
+
+from .capture import Capture
+from .session import HostCalls, Session, install_sigint
+
+__all__ = ["BlockStarted", "worker_main"]
+
+
+class BlockStarted(Frame, frozen=True, tag="block_started"):
+    """Worker to agent only, never on the wire to the host: the block ``call`` is running and
+    ready to be interrupted with SIGINT."""
+
+    session: str
+    call: int
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # If the agent is killed outright, its sessions must not live on (Linux only; elsewhere the
+    # reader's end-of-stream exit below covers the normal cases).
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+class _Link:
+    """Frames to the agent over the socket, one writer at a time."""
+
+    def __init__(self, sock: socket.socket, max_frame_bytes: int) -> None:
+        self.sock = sock
+        self._lock = threading.Lock()
+        self._encoder = FrameEncoder(max_frame_bytes)
+
+    def send(self, frame: Frame) -> None:
+        with self._lock:
+            try:
+                view = self._encoder.encode_view(frame)
+            except ProtocolError as error:
+                # A result too large for a frame must still answer its request.
+                view = self._encoder.encode_view(
+                    ErrorFrame(
+                        code="too_large",
+                        message=str(error),
+                        session=getattr(frame, "session", None),
+                        call=getattr(frame, "call", None),
+                    )
+                )
+            self.sock.sendall(view)
+
+
+def worker_main(
+    sock: socket.socket,
+    *,
+    session_id: str,
+    first_call_id: int,
+    max_output_chars: int,
+    max_frame_bytes: int,
+    cwd: str | None,
+) -> None:
+    """Serve one session until the agent closes the socket; never returns normally."""
+    os.setsid()
+    _die_with_parent()
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    capture = Capture()
+    link = _Link(sock, max_frame_bytes)
+    host_calls = HostCalls(link.send, first_call_id)
+    session = Session(
+        session_id,
+        send=link.send,
+        host_calls=host_calls,
+        capture=capture,
+        max_output_chars=max_output_chars,
+        cwd=cwd,
+        on_started=lambda call: link.send(BlockStarted(session=session_id, call=call)),
+    )
+    if session.cwd and os.path.isdir(session.cwd):
+        os.chdir(session.cwd)
+    jobs: queue.SimpleQueue[Exec | None] = queue.SimpleQueue()
+    threading.Thread(
+        target=_read_frames,
+        args=(sock, max_frame_bytes, session, host_calls, link, jobs),
+        name="agent-reader",
+        daemon=True,
+    ).start()
+    install_sigint(session)
+    while True:
+        job = jobs.get()
+        if job is None:
+            os._exit(0)
+        link.send(session.run(job.call, job.code, job.language))
+
+
+def _read_frames(
+    sock: socket.socket,
+    max_frame_bytes: int,
+    session: Session,
+    host_calls: HostCalls,
+    link: _Link,
+    jobs: queue.SimpleQueue[Exec | None],
+) -> None:
+    decoder = FrameDecoder(max_frame_bytes)
+    try:
+        while data := sock.recv(1 << 20):
+            for frame in decoder.feed(data):
+                if isinstance(frame, Exec):
+                    jobs.put(frame)
+                elif isinstance(frame, HostCallReply):
+                    host_calls.resolve(frame.call, frame.value, frame.error)
+                elif isinstance(frame, SetVars):
+                    state = session.set_vars(frame.values)
+                    link.send(VarsSet(session=frame.session, call=frame.call, state=state))
+    except (OSError, ProtocolError):
+        traceback.print_exc(file=sys.__stderr__)
+    # The agent is gone or closed this session: nothing may keep running.
+    host_calls.fail_all("the agent closed the session")
+    os._exit(0)
