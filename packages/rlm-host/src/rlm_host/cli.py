@@ -10,6 +10,7 @@ import trio
 import typer
 
 from .cli_run import run
+from .cli_view import view
 from .errors import RlmError
 from .isolation import GuestOptions, Isolation, open_guest
 
@@ -84,6 +85,7 @@ async def _exec(code: str, language: str, options: GuestOptions, timeout: float 
 
 
 app.command("run")(run)
+app.command("view")(view)
 
 
 def main() -> None:
