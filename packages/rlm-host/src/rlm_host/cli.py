@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import trio
 import typer
 
+from .cli_conformance import conformance
 from .cli_run import run
 from .cli_view import view
 from .errors import RlmError
@@ -86,6 +87,9 @@ async def _exec(code: str, language: str, options: GuestOptions, timeout: float 
 
 app.command("run")(run)
 app.command("view")(view)
+app.command(
+    "conformance", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)(conformance)
 
 
 def main() -> None:
