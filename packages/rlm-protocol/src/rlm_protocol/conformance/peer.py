@@ -219,10 +219,14 @@ class GuestPeer:
         if self.wait_exit(EXIT_GRACE_SECONDS) is None:
             self.process.kill()
             self.process.wait()
-        self._reader.join(timeout=EXIT_GRACE_SECONDS)
-        self._stderr_reader.join(timeout=EXIT_GRACE_SECONDS)
-        for pipe in (self.process.stdout, self.process.stderr):
-            if pipe is not None:
+        for thread, pipe in (
+            (self._reader, self.process.stdout),
+            (self._stderr_reader, self.process.stderr),
+        ):
+            thread.join(timeout=EXIT_GRACE_SECONDS)
+            # A pipe still held open by an orphan of the guest keeps its reader blocked; closing
+            # the descriptor under it could hand the number to an unrelated file, so leave it.
+            if pipe is not None and not thread.is_alive():
                 pipe.close()
 
 

@@ -16,6 +16,7 @@ import msgspec
 
 from ..frames import (
     CAPABILITIES,
+    CloseSession,
     ErrorFrame,
     Exec,
     ExecResult,
@@ -23,6 +24,7 @@ from ..frames import (
     Hello,
     HostCall,
     Language,
+    Limits,
     OpenSession,
     SessionClosed,
     SessionOpened,
@@ -107,7 +109,7 @@ class Probe:
         self.scale = scale
 
     @property
-    def limits(self) -> Any:
+    def limits(self) -> Limits:
         return self.hello.limits
 
     def remaining(self) -> float:
@@ -225,8 +227,6 @@ class Probe:
         return result
 
     def close_session(self, session: str) -> None:
-        from ..frames import CloseSession
-
         call = self.link.new_call()
         self.send(CloseSession(session=session, call=call))
         self.expect(SessionClosed, call, f"CloseSession {session!r}")
