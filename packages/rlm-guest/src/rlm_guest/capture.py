@@ -66,15 +66,21 @@ class _Pump:
         self._stream = stream
         self._lock = threading.Lock()
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._closed = False
         threading.Thread(target=self._run, name=f"pump-{stream.name}", daemon=True).start()
 
     def _read_available(self) -> bool:
         # Called with the lock held; False when nothing was waiting in the pipe.
+        if self._closed:
+            return False
         ready, _, _ = select.select([self._fd], [], [], 0)
         if not ready:
             return False
         data = os.read(self._fd, 65536)
         if not data:
+            # Model code closed descriptor 1 or 2: the pipe is at its end for good (and a
+            # readable end-of-file would otherwise spin this thread forever).
+            self._closed = True
             return False
         text = self._decoder.decode(data)
         sink = self._stream.sink
@@ -83,7 +89,7 @@ class _Pump:
         return True
 
     def _run(self) -> None:
-        while True:
+        while not self._closed:
             select.select([self._fd], [], [])
             with self._lock:
                 self._read_available()

@@ -32,7 +32,8 @@ def session_members(sid: int) -> list[int]:
         except OSError:
             continue  # exited while we looked
         # After the ")" that ends the command name: state, ppid, pgrp, session, ...
-        if int(fields[3]) == sid:
+        # A zombie is already dead; it only waits to be reaped.
+        if int(fields[3]) == sid and fields[0] != b"Z":
             members.append(int(entry.name))
     return members
 
