@@ -37,7 +37,7 @@ def conformance(
     ],
     only: Annotated[
         Optional[list[str]],
-        typer.Option("--only", help="Run only this check (repeatable). See --list."),
+        typer.Option("--only", help="Run only this check (repeatable); an unknown name prints the list."),
     ] = None,
     timeout_factor: Annotated[
         float,
