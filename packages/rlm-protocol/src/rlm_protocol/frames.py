@@ -215,7 +215,9 @@ class Exec(Frame, frozen=True, tag="exec"):
     session: str
     call: int
     code: str
-    language: Language = "python"
+    #: ``"python"`` or ``"bash"`` in 1.0 (``Language``); any other string is a valid frame that
+    #: a guest answers with ``unsupported``, so a language added later cannot break a session.
+    language: str = "python"
     #: Seconds after which the guest interrupts the block itself (``None``: no limit).
     timeout: float | None = None
 

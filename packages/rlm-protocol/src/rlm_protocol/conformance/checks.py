@@ -556,17 +556,15 @@ def unsupported_language(probe: Probe) -> None:
     probe.send_map({"kind": "exec", "session": session, "call": call, "code": "x", "language": "cobol"})
     frame = probe.receive("the ErrorFrame for language 'cobol'")
     _fail_unless(
-        isinstance(frame, ErrorFrame) and frame.code in ("unsupported", "bad_request"),
+        isinstance(frame, ErrorFrame) and frame.code == "unsupported",
         f"Exec in 'cobol' must fail with unsupported, got {describe(frame)}",
     )
     assert isinstance(frame, ErrorFrame)
-    # In 1.0 ``language`` is an enum, so a guest may treat the frame as malformed (bad_request,
-    # possibly closing the connection) instead of answering ``unsupported`` for the call.
-    _fail_unless(
-        frame.call in (call, None), f"the ErrorFrame names call {frame.call}, not {call}"
-    )
-    if frame.call is None:
-        probe.link.spent = True  # a connection-level error: the guest may be closing
+    _fail_unless(frame.call == call, f"the ErrorFrame names call {frame.call}, not {call}")
+    # The session survives: an unknown language is one failed request, not a broken stream.
+    result = probe.exec_ok(session, "print('still here')")
+    _fail_unless(result.stdout.text == "still here\n", f"the block printed {result.stdout.text!r}")
+    probe.close_session(session)
 
 
 def unknown_frame_ignored(probe: Probe) -> None:
