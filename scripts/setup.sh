@@ -12,7 +12,7 @@ if ! command -v uv >/dev/null 2>&1; then
 fi
 
 echo "setup: installing the workspace (uv sync)"
-uv sync --all-packages --frozen
+uv sync --all-packages --all-extras --frozen
 
 echo "setup: building the guest image (cached after the first build)"
 uv run --frozen rlm image build
