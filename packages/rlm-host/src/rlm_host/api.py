@@ -94,6 +94,9 @@ class RunOptions:
     llm_backoff: float = 0.5
     #: Seconds to wait for a model reply (the seed's 900: big local models think long).
     llm_timeout: float = 900.0
+    #: A bound on model requests in flight shared by concurrent runs (a batch's pool), on top
+    #: of ``concurrency``, this run's own bound; ``None``: no shared bound.
+    model_limiter: trio.CapacityLimiter | None = field(default=None, compare=False)
 
     def limits(self) -> Limits:
         """The budgets of a run with these options."""
@@ -202,7 +205,7 @@ async def run_rlm(
                 | {"isolation": options.isolation, "stream": options.stream},
             )
         )
-        async with open_client(config) as client, _guest(options, connection) as guest:
+        async with open_client(config, limiter=options.model_limiter) as client, _guest(options, connection) as guest:
             engine = RlmEngine(
                 connection=guest,
                 client=client,

@@ -79,11 +79,17 @@ class ChatClient:
 
     ``chat`` may be called from many tasks at once: httpx pools connections, so concurrent calls
     are concurrent requests. Cancellation of a ``chat`` call cancels its HTTP request.
+
+    ``limiter``, shared by several clients (the runs of a batch), bounds their requests in
+    flight together: each attempt holds one token, a backoff between attempts holds none.
     """
 
-    def __init__(self, config: LlmConfig, wire: WireFormat) -> None:
+    def __init__(
+        self, config: LlmConfig, wire: WireFormat, *, limiter: trio.CapacityLimiter | None = None
+    ) -> None:
         self.config = config
         self._wire = wire
+        self._limiter = limiter
         headers = {"Content-Type": "application/json"}
         if config.api_key:
             headers["Authorization"] = f"Bearer {config.api_key}"
@@ -135,7 +141,11 @@ class ChatClient:
         while True:
             attempt += 1
             try:
-                text, usage = await self._attempt(payload, chosen_model, use_stream, on_delta, attempt)
+                if self._limiter is None:
+                    text, usage = await self._attempt(payload, chosen_model, use_stream, on_delta, attempt)
+                else:
+                    async with self._limiter:
+                        text, usage = await self._attempt(payload, chosen_model, use_stream, on_delta, attempt)
             except _Retry as retry:
                 if attempt > self.config.max_retries:
                     raise retry.final from retry.final.__cause__
@@ -229,7 +239,10 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
-def open_client(config: LlmConfig) -> ChatClient:
-    """A client for ``config.api``; close it with ``aclose`` or use it as ``async with``."""
+def open_client(config: LlmConfig, *, limiter: trio.CapacityLimiter | None = None) -> ChatClient:
+    """A client for ``config.api``; close it with ``aclose`` or use it as ``async with``.
+
+    ``limiter``: a bound on requests in flight shared with other clients (see ``ChatClient``).
+    """
     wire: WireFormat = OllamaWire() if config.api == "ollama" else OpenAIWire()
-    return ChatClient(config, wire)
+    return ChatClient(config, wire, limiter=limiter)
