@@ -220,8 +220,15 @@ class Session:
     # --- namespace -------------------------------------------------------------------------
 
     def visible_names(self) -> list[str]:
+        # Functions the host defined in the session (its tools) are listed in _rlm_functions
+        # and hidden like the REPL's own (PROTOCOL.md section 4).
+        hidden = self.namespace.get("_rlm_functions", ())
+        if not isinstance(hidden, (frozenset, set, tuple, list)):
+            hidden = ()
         return sorted(
-            name for name in self.namespace if not name.startswith("_") and name not in REPL_NAMES
+            name
+            for name in self.namespace
+            if not name.startswith("_") and name not in REPL_NAMES and name not in hidden
         )
 
     def state(self) -> VarsState:

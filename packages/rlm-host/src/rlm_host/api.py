@@ -20,35 +20,58 @@ loop::
 
 A run that ends on a budget returns ``answer=None`` with ``stop_reason`` and ``detail``; a run
 that cannot go on (model server down, guest died) raises the ``RlmError`` subclass that says why.
+
+Also here: host tools (``RunOptions.host_tools``), typed answers (``answer_type``), the run's
+events as an async iterator (``open_run``); ``Conversation`` (several questions, one REPL) and
+``resume_rlm`` (``--resume``) live in ``rlm_host.conversation`` and ``rlm_host.resume`` and are
+re-exported here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Generic, Literal, TypeVar, overload
 
 import trio
 
 from .connection import GuestConnection
-from .engine import DEFAULT_TOOLS, Limits, RlmEngine, StopReason, query_task
+from .engine import DEFAULT_TOOLS, Limits, Price, RlmEngine, RlmOutcome, StopReason, query_task
 from .isolation import GuestOptions, Isolation, open_guest
 from .llm import Api, DeltaCallback, LlmConfig, Usage, open_client
+from .tools import DEFAULT_TOOL_TIMEOUT, HostTool, as_tools
 from .trajectory import (
+    Event,
     EventSink,
     RunEnd,
     RunStart,
     TrajectoryRecorder,
     default_trajectory_path,
     new_run_id,
+    prompt_path,
 )
 from .vm.errors import VMError
 from .vm.image import find_image
 
-__all__ = ["RunOptions", "RunResult", "run_rlm", "run_rlm_sync"]
+__all__ = [
+    "Conversation",
+    "HostTool",
+    "Price",
+    "RunEvents",
+    "RunOptions",
+    "RunResult",
+    "open_run",
+    "resume_rlm",
+    "run_rlm",
+    "run_rlm_sync",
+]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -97,6 +120,17 @@ class RunOptions:
     #: A bound on model requests in flight shared by concurrent runs (a batch's pool), on top
     #: of ``concurrency``, this run's own bound; ``None``: no shared bound.
     model_limiter: trio.CapacityLimiter | None = field(default=None, compare=False)
+    #: Host functions model code may call (``rlm_host.tools``): plain functions or ``HostTool``.
+    host_tools: Sequence[Callable[..., Any] | HostTool] = field(default=(), compare=False)
+    #: Timeout of each call of a host tool given as a plain function.
+    tool_timeout: float = DEFAULT_TOOL_TIMEOUT
+    #: Cost budget of the run, priced with ``prices`` (per model; ``*`` for any other).
+    max_cost: float | None = None
+    prices: Mapping[str, Price] = field(default_factory=dict)
+    #: The model's context in tokens: older turns are summarised when a history nears it.
+    context_tokens: int | None = None
+    #: Keep the task text beside the trajectory (``<trajectory>.prompt.txt``) for ``--resume``.
+    save_prompt: bool = True
 
     def limits(self) -> Limits:
         """The budgets of a run with these options."""
@@ -107,6 +141,9 @@ class RunOptions:
             max_tokens=self.max_tokens,
             max_seconds=self.max_seconds,
             concurrency=self.concurrency,
+            max_cost=self.max_cost,
+            prices=dict(self.prices),
+            context_tokens=self.context_tokens,
         )
 
     def llm_config(self) -> LlmConfig:
@@ -122,11 +159,12 @@ class RunOptions:
 
 
 @dataclass(frozen=True)
-class RunResult:
+class RunResult(Generic[T]):
     """The outcome of a run.
 
     ``answer`` is ``Final`` (a string as it was set, other values as JSON), or ``None`` when a
-    budget ended the run first; then ``stop_reason`` and ``detail`` say which and why.
+    budget ended the run first; then ``stop_reason`` and ``detail`` say which and why. ``value``
+    is ``Final`` itself: of the ``answer_type`` asked for, else the JSON value.
     """
 
     answer: str | None
@@ -136,6 +174,9 @@ class RunResult:
     trajectory_path: Path | None
     duration: float
     run_id: str
+    value: T | None = None
+    #: What the run cost at the user's prices (``None`` when none were given).
+    cost: float | None = None
 
 
 def _guest_tools(options: RunOptions) -> Sequence[str]:
@@ -162,34 +203,73 @@ async def _guest(options: RunOptions, connection: GuestConnection | None) -> Asy
         yield opened
 
 
-async def run_rlm(
-    prompt: str,
-    *,
-    query: str | None = None,
-    options: RunOptions = RunOptions(),
+class _Run:
+    """One run's recorder and engine, and what its ``RunEnd`` will say."""
+
+    def __init__(self, run_id: str, path: Path | None, recorder: TrajectoryRecorder, options: RunOptions) -> None:
+        self.run_id = run_id
+        self.path = path
+        self.recorder = recorder
+        self.options = options
+        self.started = time.perf_counter()
+        self.stop_reason = "error"
+        self.answer_chars = 0
+        self._engine: RlmEngine | None = None
+
+    @property
+    def engine(self) -> RlmEngine:
+        assert self._engine is not None, "the run has not started"
+        return self._engine
+
+    def cost(self) -> float | None:
+        if self._engine is None or not self.options.prices:
+            return None
+        return self._engine.meter.cost
+
+    def result(self, outcome: RlmOutcome) -> RunResult[Any]:
+        """The ``RunResult`` of ``outcome`` (and the ``RunEnd`` to come says the same)."""
+        self.stop_reason = outcome.stop_reason
+        self.answer_chars = len(outcome.answer or "")
+        return RunResult(
+            answer=outcome.answer,
+            stop_reason=outcome.stop_reason,
+            detail=outcome.detail,
+            usage=self.engine.meter.usage,
+            trajectory_path=self.path,
+            duration=time.perf_counter() - self.started,
+            run_id=self.run_id,
+            value=outcome.value,
+            cost=self.cost(),
+        )
+
+
+@contextlib.asynccontextmanager
+async def open_engine(
+    task: str,
+    options: RunOptions,
     connection: GuestConnection | None = None,
-) -> RunResult:
-    """Run ``prompt`` through an RLM and return its answer, usage and trajectory path.
+    *,
+    sinks: Sequence[EventSink] = (),
+    resumed_from: Path | None = None,
+    kind: str = "run",
+) -> AsyncIterator[_Run]:
+    """Record ``RunStart``, open the model client, the guest and the engine; ``RunEnd`` at exit.
 
-    With ``query``, the model's task is the question followed by ``prompt`` as a delimited
-    context; without, ``prompt`` is the task verbatim. Pass an open ``connection`` to reuse one
-    guest for many runs (each run opens and closes its own sessions); otherwise a guest is
-    started as ``options.isolation`` says and stopped at the end.
-
-    Raises ``ModelError`` subclasses (server down, model missing, bad replies) and
-    ``GuestError`` subclasses (the guest could not start or died). Cancellation stops the run
-    and its guest sessions.
+    The one place where a run is set up, for ``run_rlm``, ``Conversation`` and ``resume_rlm``.
+    Raises ``ValueError`` when ``max_cost`` is set and the model has no price.
     """
     run_id = new_run_id()
-    task = query_task(query, prompt) if query is not None else prompt
     config = options.llm_config()
-    sinks = [options.on_event] if options.on_event is not None else []
+    limits = options.limits()
+    if limits.max_cost is not None and limits.price(config.model) is None:
+        raise ValueError(f"max_cost needs a price for model {config.model!r} (--price {config.model}=IN,OUT)")
+    host_tools = as_tools(options.host_tools, timeout=options.tool_timeout)
+    all_sinks = ([options.on_event] if options.on_event is not None else []) + list(sinks)
     path = (options.trajectory_path or default_trajectory_path(run_id)) if options.record_trajectory else None
-    recorder = TrajectoryRecorder.open(path, sinks) if path is not None else TrajectoryRecorder(None, sinks)
-    started = time.perf_counter()
-    stop_reason = "error"
-    answer_chars = 0
-    engine: RlmEngine | None = None
+    recorder = TrajectoryRecorder.open(path, all_sinks) if path is not None else TrajectoryRecorder(None, all_sinks)
+    if path is not None and options.save_prompt and task:
+        prompt_path(path).write_text(task, encoding="utf-8", errors="surrogatepass")
+    run = _Run(run_id, path, recorder, options)
     try:
         recorder.emit(
             RunStart(
@@ -201,45 +281,119 @@ async def run_rlm(
                 model=config.model,
                 api=config.api,
                 url=config.endpoint,
-                options=asdict(options.limits())
-                | {"isolation": options.isolation, "stream": options.stream},
+                options=asdict(replace(limits, prices={}))
+                | {
+                    "isolation": options.isolation,
+                    "stream": options.stream,
+                    "kind": kind,
+                    "host_tools": [tool.display for tool in host_tools],
+                    "prices": {name: asdict(price) for name, price in limits.prices.items()},
+                },
+                prompt_sha256=hashlib.sha256(task.encode("utf-8", errors="surrogatepass")).hexdigest(),
+                resumed_from=str(resumed_from) if resumed_from is not None else None,
             )
         )
         async with open_client(config, limiter=options.model_limiter) as client, _guest(options, connection) as guest:
-            engine = RlmEngine(
+            run._engine = RlmEngine(
                 connection=guest,
                 client=client,
                 recorder=recorder,
-                limits=options.limits(),
+                limits=limits,
                 tools=_guest_tools(options),
+                host_tools=host_tools,
                 exec_timeout=options.exec_timeout,
                 on_delta=options.on_delta,
             )
-            outcome = await engine.run(task)
-        stop_reason = outcome.stop_reason
-        answer_chars = len(outcome.answer or "")
-        return RunResult(
-            answer=outcome.answer,
-            stop_reason=outcome.stop_reason,
-            detail=outcome.detail,
-            usage=engine.meter.usage,
-            trajectory_path=path,
-            duration=time.perf_counter() - started,
-            run_id=run_id,
-        )
+            yield run
     finally:
         recorder.emit(
             RunEnd(
                 ts=time.time(),
                 rlm="0",
                 depth=0,
-                stop_reason=stop_reason,
-                duration=time.perf_counter() - started,
-                usage=engine.meter.usage if engine is not None else Usage(),
-                answer_chars=answer_chars,
+                stop_reason=run.stop_reason,
+                duration=time.perf_counter() - run.started,
+                usage=run._engine.meter.usage if run._engine is not None else Usage(),
+                answer_chars=run.answer_chars,
+                cost=run.cost(),
             )
         )
         recorder.close()
+
+
+@overload
+async def run_rlm(
+    prompt: str,
+    *,
+    query: str | None = None,
+    options: RunOptions = RunOptions(),
+    connection: GuestConnection | None = None,
+    answer_type: None = None,
+) -> RunResult[Any]: ...
+
+
+@overload
+async def run_rlm(
+    prompt: str,
+    *,
+    query: str | None = None,
+    options: RunOptions = RunOptions(),
+    connection: GuestConnection | None = None,
+    answer_type: type[T],
+) -> RunResult[T]: ...
+
+
+async def run_rlm(
+    prompt: str,
+    *,
+    query: str | None = None,
+    options: RunOptions = RunOptions(),
+    connection: GuestConnection | None = None,
+    answer_type: Any = None,
+) -> RunResult[Any]:
+    """Run ``prompt`` through an RLM and return its answer, usage and trajectory path.
+
+    With ``query``, the model's task is the question followed by ``prompt`` as a delimited
+    context; without, ``prompt`` is the task verbatim. Pass an open ``connection`` to reuse one
+    guest for many runs (each run opens and closes its own sessions); otherwise a guest is
+    started as ``options.isolation`` says and stopped at the end.
+
+    With ``answer_type`` (a msgspec Struct, a dataclass, or a plain type such as ``list[int]``),
+    ``Final`` is converted to it on the host with ``msgspec.convert``; a mismatch goes back to
+    the model as an observation, and ``RunResult.value`` holds the typed value.
+
+    Raises ``ModelError`` subclasses (server down, model missing, bad replies) and
+    ``GuestError`` subclasses (the guest could not start or died). Cancellation stops the run
+    and its guest sessions.
+    """
+    return await _run(prompt, query=query, options=options, connection=connection, answer_type=answer_type)
+
+
+async def _run(
+    prompt: str,
+    *,
+    query: str | None,
+    options: RunOptions,
+    connection: GuestConnection | None,
+    answer_type: Any,
+    sinks: Sequence[EventSink] = (),
+) -> RunResult[Any]:
+    task = query_task(query, prompt) if query is not None else prompt
+    async with open_engine(task, options, connection, sinks=sinks) as run:
+        outcome = await run.engine.run(task, answer_type=answer_type)
+        return run.result(outcome)
+
+
+@overload
+def run_rlm_sync(
+    prompt: str, *, query: str | None = None, options: RunOptions = RunOptions(), answer_type: None = None
+) -> RunResult[Any]: ...
+
+
+@overload
+def run_rlm_sync(
+    prompt: str, *, query: str | None = None, options: RunOptions = RunOptions(), answer_type: type[T]
+) -> RunResult[T]: ...
 
 
 def run_rlm_sync(
@@ -247,6 +401,104 @@ def run_rlm_sync(
     *,
     query: str | None = None,
     options: RunOptions = RunOptions(),
-) -> RunResult:
+    answer_type: Any = None,
+) -> RunResult[Any]:
     """``run_rlm`` for callers outside trio: runs its own event loop until the answer."""
-    return trio.run(lambda: run_rlm(prompt, query=query, options=options))
+    return trio.run(
+        lambda: _run(prompt, query=query, options=options, connection=None, answer_type=answer_type)
+    )
+
+
+class RunEvents:
+    """The events of a run started by ``open_run``, as they happen; ``result`` at the end.
+
+    Iterating yields every trajectory event (the same objects the trajectory file records, from
+    the same recorder) and ends when the run ends.
+    """
+
+    def __init__(self, receive: trio.MemoryReceiveChannel[Event], cancel_scope: trio.CancelScope) -> None:
+        self._receive = receive
+        self._cancel_scope = cancel_scope
+        self._result: RunResult[Any] | None = None
+        self._done = trio.Event()
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._receive.__aiter__()
+
+    @property
+    def result(self) -> RunResult[Any]:
+        """The run's result; raises ``RuntimeError`` before the run has ended."""
+        if self._result is None:
+            raise RuntimeError("the run has not ended yet: iterate its events or await wait()")
+        return self._result
+
+    async def wait(self) -> RunResult[Any]:
+        """Wait for the end of the run and return its result."""
+        await self._done.wait()
+        return self.result
+
+    def cancel(self) -> None:
+        """Stop the run (its sessions are closed; the trajectory ends with ``run_end``)."""
+        self._cancel_scope.cancel()
+
+
+@contextlib.asynccontextmanager
+async def open_run(
+    prompt: str,
+    *,
+    query: str | None = None,
+    options: RunOptions = RunOptions(),
+    connection: GuestConnection | None = None,
+    answer_type: Any = None,
+) -> AsyncIterator[RunEvents]:
+    """Start a run in the background and yield its events (``RunEvents``)::
+
+        async with open_run(text, options=options) as run:
+            async for event in run:
+                print(event.event if hasattr(event, "event") else type(event).__name__)
+        print(run.result.answer)
+
+    Leaving the block waits for the run to end (``run.cancel()`` stops it first); an error that
+    ended the run is raised there.
+    """
+    send, receive = trio.open_memory_channel[Event](math.inf)
+
+    def sink(event: Event) -> None:
+        try:
+            send.send_nowait(event)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the reader went away: the trajectory still has everything
+
+    try:
+        async with trio.open_nursery() as nursery:
+            events = RunEvents(receive, nursery.cancel_scope)
+
+            async def runner() -> None:
+                try:
+                    async with send:
+                        events._result = await _run(
+                            prompt, query=query, options=options, connection=connection,
+                            answer_type=answer_type, sinks=[sink],
+                        )
+                finally:
+                    events._done.set()
+
+            nursery.start_soon(runner)
+            yield events
+    except BaseExceptionGroup as group:
+        raise _collapse(group) from None
+
+
+def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    leaves = [error for error in _leaves(group) if not isinstance(error, trio.Cancelled)]
+    return leaves[0] if len(leaves) == 1 else group
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
+
+
+from .conversation import Conversation  # noqa: E402  (they build on this module)
+from .resume import resume_rlm  # noqa: E402

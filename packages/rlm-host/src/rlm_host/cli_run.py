@@ -6,6 +6,12 @@ only when stderr is a terminal; otherwise stderr stays quiet except for errors.
 
 Exit status: 0 with an answer, 3 when a budget ended the run first, 2 on an error (model
 server, guest, unreadable file).
+
+``--tool module:function`` (repeatable) offers a host function to model code; ``--max-cost``
+with ``--price model=in,out`` (or ``--prices FILE``) is a cost budget; ``--context-tokens``
+compacts histories that approach the model's context; ``--resume TRAJECTORY`` continues an
+interrupted run (FILE and the task options are then needed only when the task text was not kept
+beside the trajectory).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import enum
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import msgspec
 import trio
@@ -22,10 +28,12 @@ import typer
 from rich.console import Console
 
 from .api import RunOptions, RunResult, run_rlm
-from .engine import paper_brief_task, query_task, smoke_task
+from .engine import Price, load_prices, paper_brief_task, parse_price, query_task, smoke_task
 from .errors import RlmError
 from .pdf import is_pdf, pdf_text
 from .progress import Progress
+from .resume import ResumeError, resume_rlm
+from .tools import DEFAULT_TOOL_TIMEOUT, load_tool
 from .vm.errors import VMError
 
 __all__ = ["ApiChoice", "IsolationChoice", "build_prompt", "run"]
@@ -92,10 +100,11 @@ def build_prompt(
     return paper_brief_task(text) if is_pdf else text
 
 
-def _result_json(result: RunResult) -> str:
+def _result_json(result: RunResult[Any]) -> str:
     return json.dumps(
         {
             "answer": result.answer,
+            "cost": result.cost,
             "stop_reason": result.stop_reason,
             "detail": result.detail,
             "usage": msgspec.to_builtins(result.usage),
@@ -149,6 +158,25 @@ def run(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print a JSON object: answer, usage, trajectory path.")
     ] = False,
+    tool: Annotated[
+        Optional[list[str]],
+        typer.Option(help="A host function model code may call: module:function (repeatable)."),
+    ] = None,
+    tool_timeout: Annotated[float, typer.Option(help="Seconds each host tool call may take.")] = DEFAULT_TOOL_TIMEOUT,
+    max_cost: Annotated[Optional[float], typer.Option(help="Cost of the whole run, at --price.")] = None,
+    price: Annotated[
+        Optional[list[str]],
+        typer.Option(help="model=in_per_1k,out_per_1k (repeatable; '*' for any other model)."),
+    ] = None,
+    prices: Annotated[
+        Optional[Path], typer.Option(help="TOML or JSON file: {model: [in_per_1k, out_per_1k]}.")
+    ] = None,
+    context_tokens: Annotated[
+        Optional[int], typer.Option(help="Model context in tokens: older turns are summarised near it.")
+    ] = None,
+    resume: Annotated[
+        Optional[Path], typer.Option(help="Continue the interrupted run of this trajectory.")
+    ] = None,
 ) -> None:
     """Answer a prompt with a Recursive Language Model; the answer alone goes to stdout."""
     if smoke and query is not None:
@@ -158,7 +186,16 @@ def run(
     except RlmError as error:
         print(f"rlm: {error}", file=sys.stderr)
         raise typer.Exit(EXIT_ERROR) from error
-    prompt = build_prompt(text, is_pdf=pdf, query=query, smoke=smoke, limit_chars=limit_chars)
+    if resume is not None and text is None and query is None:
+        prompt: str | None = None
+    else:
+        prompt = build_prompt(text, is_pdf=pdf, query=query, smoke=smoke, limit_chars=limit_chars)
+    try:
+        price_table: dict[str, Price] = load_prices(prices) if prices is not None else {}
+        price_table.update(parse_price(item) for item in price or [])
+        host_tools = [load_tool(spec) for spec in tool or []]
+    except (ValueError, OSError) as error:
+        raise typer.BadParameter(str(error)) from error
 
     console = Console(stderr=True)
     tty = console.is_terminal
@@ -182,13 +219,28 @@ def run(
         network=network,
         trajectory_path=trajectory,
         on_event=progress,
+        host_tools=host_tools,
+        tool_timeout=tool_timeout,
+        max_cost=max_cost,
+        prices=price_table,
+        context_tokens=context_tokens,
     )
+
+    async def go() -> RunResult[Any]:
+        if resume is not None:
+            return await resume_rlm(resume, options=options, prompt=prompt)
+        assert prompt is not None
+        return await run_rlm(prompt, options=options)
+
     try:
         if progress is not None:
             with progress:
-                result = trio.run(lambda: run_rlm(prompt, options=options))
+                result = trio.run(go)
         else:
-            result = trio.run(lambda: run_rlm(prompt, options=options))
+            result = trio.run(go)
+    except ResumeError as error:
+        print(f"rlm: cannot resume: {error}", file=sys.stderr)
+        raise typer.Exit(EXIT_ERROR) from error
     except (RlmError, VMError, ValueError) as error:
         print(f"rlm: {error}", file=sys.stderr)
         raise typer.Exit(EXIT_ERROR) from error

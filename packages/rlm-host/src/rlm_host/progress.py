@@ -29,14 +29,18 @@ from .trajectory import (
     BudgetStop,
     ChildEnd,
     ChildStart,
+    Compaction,
     EngineError,
     Event,
     FinalSet,
     ModelRequest,
     ModelResponse,
     Observation,
+    Question,
+    Resumed,
     RunEnd,
     RunStart,
+    ToolCall,
 )
 
 __all__ = ["Progress", "ProgressState"]
@@ -165,6 +169,21 @@ class Progress:
             case RunEnd():
                 state.calls_in_flight.clear()
                 return None
+            case ToolCall():
+                if event.error:
+                    return f"[red]{escape(event.rlm)}: tool {escape(event.name)} failed:[/] {escape(event.error)}"
+                return None
+            case Compaction():
+                return escape(
+                    f"{event.rlm}: history compacted ({event.messages_before} -> "
+                    f"{event.messages_after} messages, ~{event.tokens_before} tokens)"
+                )
+            case Question():
+                state.calls_in_flight.setdefault("0", _Call("0", 0, "root", "", now, since=now))
+                return escape(f"question {event.turn}: {event.question[:80]}")
+            case Resumed():
+                problems = f", {len(event.problems)} not restored" if event.problems else ""
+                return escape(f"resumed {event.trajectory}: {event.steps_replayed} blocks replayed{problems}")
 
     def _doing(self, rlm: str, doing: str, now: float, *, step: int) -> None:
         call = self.state.calls_in_flight.get(rlm)

@@ -32,17 +32,23 @@ __all__ = [
     "BudgetStop",
     "ChildEnd",
     "ChildStart",
+    "Compaction",
     "EngineError",
     "Event",
     "EventSink",
     "FinalSet",
+    "Message",
     "ModelRequest",
     "ModelResponse",
     "Observation",
+    "Question",
+    "Resumed",
     "RunEnd",
     "RunStart",
+    "ToolCall",
     "TrajectoryRecorder",
     "default_trajectory_path",
+    "prompt_path",
     "read_trajectory",
 ]
 
@@ -64,6 +70,18 @@ class RunStart(_Event, frozen=True, tag="run_start"):
     api: str
     url: str
     options: dict[str, Any] = {}
+    #: SHA-256 of the task text; the text itself is kept beside the trajectory
+    #: (``prompt_path``) so that ``--resume`` can rebuild the REPL.
+    prompt_sha256: str = ""
+    #: The trajectory this run resumes, if it is a resumed run.
+    resumed_from: str | None = None
+
+
+class Message(msgspec.Struct, frozen=True):
+    """One chat message as it was sent to the model."""
+
+    role: str
+    content: str
 
 
 class ModelRequest(_Event, frozen=True, tag="model_request"):
@@ -75,8 +93,14 @@ class ModelRequest(_Event, frozen=True, tag="model_request"):
     messages: int
     #: Characters of all message contents: what the model is shown.
     request_chars: int
-    #: ``"rlm"`` for a step of an RLM, ``"leaf"`` for a plain ``llm_query``/depth-limit call.
+    #: ``"rlm"`` for a step of an RLM, ``"leaf"`` for a plain ``llm_query``/depth-limit call,
+    #: ``"compact"`` for a summary of older turns.
     purpose: str = "rlm"
+    #: The messages added to this RLM's history since its previous request (all of them for the
+    #: first request), so that the history can be rebuilt from the trajectory (``--resume``).
+    new_messages: tuple[Message, ...] = ()
+    #: The history was replaced (compaction, resume): ``new_messages`` is the whole of it.
+    rebased: bool = False
 
 
 class ModelResponse(_Event, frozen=True, tag="model_response"):
@@ -116,6 +140,8 @@ class ChildStart(_Event, frozen=True, tag="child_start"):
     kind: str
     method: str
     prompt_chars: int
+    #: SHA-256 of the child's prompt: a replay (``--resume``) matches host calls by it.
+    prompt_sha256: str = ""
 
 
 class ChildEnd(_Event, frozen=True, tag="child_end"):
@@ -127,6 +153,49 @@ class ChildEnd(_Event, frozen=True, tag="child_end"):
     answer_chars: int = 0
     stop_reason: str = "final"
     error: str | None = None
+    #: What the parent's code got back.
+    answer: str | None = None
+
+
+class ToolCall(_Event, frozen=True, tag="tool_call"):
+    """Model code called a host tool; ``error`` is set when the call raised in the guest."""
+
+    name: str
+    duration: float
+    #: SHA-256 of the call's JSON arguments (a replay matches calls by it).
+    args_sha256: str = ""
+    args_chars: int = 0
+    result: Any = None
+    error: str | None = None
+
+
+class Compaction(_Event, frozen=True, tag="compaction"):
+    """Older turns of an RLM were replaced by a model-written summary (``--context-tokens``)."""
+
+    step: int
+    messages_before: int
+    messages_after: int
+    #: The estimated tokens of the history that triggered it.
+    tokens_before: int
+    summary: str
+
+
+class Question(_Event, frozen=True, tag="question"):
+    """A new question of a conversation (``Conversation.ask``, ``rlm chat``)."""
+
+    turn: int
+    question: str
+    #: The REPL variable that holds this question's context, if it came with one.
+    variable: str | None = None
+
+
+class Resumed(_Event, frozen=True, tag="resumed"):
+    """The REPL and history of an earlier run were restored; ``problems`` says what was not."""
+
+    trajectory: str
+    steps_replayed: int
+    history_messages: int
+    problems: tuple[str, ...] = ()
 
 
 class FinalSet(_Event, frozen=True, tag="final"):
@@ -157,6 +226,8 @@ class RunEnd(_Event, frozen=True, tag="run_end"):
     duration: float
     usage: Usage
     answer_chars: int = 0
+    #: Cost from the user's prices (``--price``), when given.
+    cost: float | None = None
 
 
 Event = Union[
@@ -171,6 +242,10 @@ Event = Union[
     BudgetStop,
     EngineError,
     RunEnd,
+    ToolCall,
+    Compaction,
+    Question,
+    Resumed,
 ]
 
 #: Receives every event as it is recorded (live progress display, an event API).
@@ -178,6 +253,11 @@ EventSink = Callable[[Event], None]
 
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
+
+
+def prompt_path(trajectory: Path) -> Path:
+    """Where the task text of the run recorded in ``trajectory`` is kept (``--resume``)."""
+    return trajectory.with_name(trajectory.name + ".prompt.txt")
 
 
 def default_trajectory_path(run_id: str, now: float | None = None) -> Path:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .blocks import CODE_BLOCK_PATTERN, CodeBlock, first_block
-from .budget import BudgetExhausted, Limits, RunMeter, StopReason, child_steps
+from .budget import BudgetExhausted, Limits, Price, RunMeter, StopReason, child_steps, load_prices, parse_price
 from .prompts import (
     DEFAULT_TOOLS,
     NO_BLOCK_REPROMPT,
@@ -14,7 +14,7 @@ from .prompts import (
     smoke_task,
     system_prompt,
 )
-from .rlm import MAX_STEPS_ANSWER, RlmEngine, RlmOutcome
+from .rlm import MAX_STEPS_ANSWER, Replay, RlmEngine, RlmOutcome, RootRlm
 
 __all__ = [
     "BudgetExhausted",
@@ -24,12 +24,17 @@ __all__ = [
     "Limits",
     "MAX_STEPS_ANSWER",
     "NO_BLOCK_REPROMPT",
+    "Price",
+    "Replay",
     "RlmEngine",
     "RlmOutcome",
+    "RootRlm",
     "RunMeter",
     "StopReason",
     "child_steps",
     "first_block",
+    "load_prices",
+    "parse_price",
     "metadata_message",
     "observation_message",
     "paper_brief_task",

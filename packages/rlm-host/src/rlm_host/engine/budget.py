@@ -6,19 +6,84 @@ chat call. Model calls, tokens and wall time are shared by the whole tree: the m
 before every model request, so the first request past a limit raises ``BudgetExhausted`` and the
 run ends with that reason (a child that hits it returns an error string to its parent, whose own
 next request then stops the run).
+
+Cost is counted from prices the user gives per model (``Price``: per 1,000 prompt and completion
+tokens; ``*`` is the price of any model not named). With ``max_cost`` set, a request to a model
+without a price stops the run: a budget that cannot be measured is not enforced silently.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import json
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
 from ..errors import RlmError
 from ..llm.messages import Usage
 
-__all__ = ["BudgetExhausted", "Limits", "RunMeter", "StopReason", "child_steps"]
+__all__ = [
+    "BudgetExhausted",
+    "Limits",
+    "Price",
+    "RunMeter",
+    "StopReason",
+    "child_steps",
+    "load_prices",
+    "parse_price",
+]
 
-StopReason = Literal["final", "max_steps", "max_model_calls", "max_tokens", "wall_time"]
+StopReason = Literal["final", "max_steps", "max_model_calls", "max_tokens", "max_cost", "wall_time"]
+
+
+@dataclass(frozen=True)
+class Price:
+    """What a model costs, per 1,000 prompt (input) and completion (output) tokens."""
+
+    input_per_1k: float
+    output_per_1k: float
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_per_1k + completion_tokens * self.output_per_1k) / 1000
+
+
+def parse_price(text: str) -> tuple[str, Price]:
+    """``model=in_per_1k,out_per_1k`` (the ``--price`` syntax); raises ``ValueError``.
+
+    >>> parse_price("qwen3.6=0.1,0.4")
+    ('qwen3.6', Price(input_per_1k=0.1, output_per_1k=0.4))
+    """
+    model, sep, numbers = text.rpartition("=")
+    parts = numbers.split(",")
+    if not sep or not model or len(parts) != 2:
+        raise ValueError(f"a price is model=in_per_1k,out_per_1k, not {text!r}")
+    try:
+        price = Price(float(parts[0]), float(parts[1]))
+    except ValueError:
+        raise ValueError(f"a price is model=in_per_1k,out_per_1k, not {text!r}") from None
+    if price.input_per_1k < 0 or price.output_per_1k < 0:
+        raise ValueError(f"a price cannot be negative: {text!r}")
+    return model, price
+
+
+def load_prices(path: Path) -> dict[str, Price]:
+    """Prices from a TOML or JSON file: ``{model: [in_per_1k, out_per_1k]}`` or
+    ``{model: {input_per_1k = .., output_per_1k = ..}}``; raises ``ValueError``."""
+    text = path.read_text()
+    data: Any = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a table of model prices")
+    prices: dict[str, Price] = {}
+    for model, value in data.items():
+        if isinstance(value, list) and len(value) == 2:
+            prices[model] = Price(float(value[0]), float(value[1]))
+        elif isinstance(value, dict) and {"input_per_1k", "output_per_1k"} <= value.keys():
+            prices[model] = Price(float(value["input_per_1k"]), float(value["output_per_1k"]))
+        else:
+            raise ValueError(f"{path}: the price of {model!r} must be [in_per_1k, out_per_1k]")
+    return prices
 
 
 @dataclass(frozen=True)
@@ -34,6 +99,13 @@ class Limits:
     max_seconds: float | None = None
     #: Model requests in flight at once, across the whole tree (batched calls, children).
     concurrency: int = 4
+    #: Cost of the whole run, in the unit of ``prices``.
+    max_cost: float | None = None
+    #: Price per model name (``*``: any other model).
+    prices: Mapping[str, Price] = field(default_factory=dict)
+    #: The model's context in tokens: an RLM whose history approaches it has its older turns
+    #: summarised (``None``: never).
+    context_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_steps < 1:
@@ -42,6 +114,12 @@ class Limits:
             raise ValueError("max_depth must be at least 1 (1: every rlm_query is a plain call)")
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if self.context_tokens is not None and self.context_tokens < 64:
+            raise ValueError("context_tokens must be at least 64")
+
+    def price(self, model: str) -> Price | None:
+        """The price of ``model``, or of ``*``, or ``None``."""
+        return self.prices.get(model) or self.prices.get("*")
 
 
 def child_steps(parent_steps: int) -> int:
@@ -69,8 +147,9 @@ class RunMeter:
         self.usage = Usage()
         self.calls_started = 0
         self.tokens = 0
+        self.cost = 0.0
 
-    def start_call(self) -> None:
+    def start_call(self, model: str = "") -> None:
         """Account for a request about to be sent, or raise ``BudgetExhausted``."""
         limit = self.limits.max_model_calls
         if limit is not None and self.calls_started >= limit:
@@ -82,12 +161,26 @@ class RunMeter:
             raise BudgetExhausted(
                 "max_tokens", f"token budget spent: {self.tokens} of {limit_tokens} tokens"
             )
+        limit_cost = self.limits.max_cost
+        if limit_cost is not None:
+            if self.limits.price(model) is None:
+                raise BudgetExhausted(
+                    "max_cost", f"no price for model {model!r}: give one with --price {model}=IN,OUT"
+                )
+            if self.cost >= limit_cost:
+                raise BudgetExhausted("max_cost", f"cost budget spent: {self.cost:.4g} of {limit_cost:g}")
         self.calls_started += 1
 
-    def record(self, usage: Usage, *, request_chars: int, reply_chars: int) -> None:
-        """Add a finished call's usage (estimated from sizes when the server reported none)."""
+    def record(self, usage: Usage, *, request_chars: int, reply_chars: int, model: str = "") -> float:
+        """Add a finished call's usage (estimated from sizes when the server reported none);
+        return its cost (0 without a price)."""
         self.usage = self.usage + usage
         if usage.reported:
-            self.tokens += usage.total_tokens
+            prompt, completion = usage.prompt_tokens, usage.completion_tokens
         else:
-            self.tokens += (request_chars + reply_chars) // 4
+            prompt, completion = request_chars // 4, reply_chars // 4
+        self.tokens += prompt + completion
+        price = self.limits.price(model)
+        cost = price.cost(prompt, completion) if price is not None else 0.0
+        self.cost += cost
+        return cost

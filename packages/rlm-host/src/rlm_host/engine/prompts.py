@@ -25,10 +25,15 @@ from rlm_protocol import (
 __all__ = [
     "DEFAULT_TOOLS",
     "NO_BLOCK_REPROMPT",
+    "answer_mismatch_message",
+    "answer_type_note",
+    "compaction_prompt",
+    "compacted_message",
     "metadata_message",
     "observation_message",
     "paper_brief_task",
     "query_task",
+    "question_message",
     "smoke_task",
     "system_prompt",
 ]
@@ -68,7 +73,7 @@ returns their answers as a list, in order. Prefer it to a loop of `rlm_query`.
 - `llm_query(prompt)` and `llm_query_batched(prompts)` are plain model calls
 (no REPL) for simple questions about a snippet.
 - `SHOW_VARS()` prints current REPL variables.
-- `bash` blocks run as shell scripts in the session's working directory. Heredocs work.
+{host_tools}- `bash` blocks run as shell scripts in the session's working directory. Heredocs work.
 {tools_sentence}
 - Set JSON-serializable `Final` when the answer is ready.
 Use Python for persistent state, parsing, aggregation, `rlm_query`, and `Final`.
@@ -85,9 +90,15 @@ def _tools_sentence(tools: Sequence[str]) -> str:
     return f"Useful installed tools include {listed}."
 
 
-def system_prompt(tools: Sequence[str] = DEFAULT_TOOLS) -> str:
-    """The system message of every RLM step, listing ``tools`` as installed in the guest."""
-    return _SYSTEM_PROMPT_TEMPLATE.format(tools_sentence=_tools_sentence(tools))
+def system_prompt(tools: Sequence[str] = DEFAULT_TOOLS, host_tools: str = "") -> str:
+    """The system message of every RLM step, listing ``tools`` as installed in the guest.
+
+    ``host_tools`` is the text of ``rlm_host.tools.tools_prompt`` (lines ending in a newline are
+    not needed: it is inserted after the ``SHOW_VARS`` line).
+    """
+    return _SYSTEM_PROMPT_TEMPLATE.format(
+        tools_sentence=_tools_sentence(tools), host_tools=host_tools + "\n" if host_tools else ""
+    )
 
 
 def _plain(value: Any) -> Any:
@@ -183,3 +194,68 @@ def query_task(query: str, context: str | None) -> str:
 {context}
 [END CONTEXT]
 """
+
+
+def answer_type_note(schema: Any) -> str:
+    """Appended to the first message when the embedder asked for a typed answer."""
+    return (
+        "`Final` must be JSON matching this JSON Schema (it is checked on the host, and a "
+        "mismatch comes back as an observation):\n" + json.dumps(schema)
+    )
+
+
+def answer_mismatch_message(error: str, final: FinalValue) -> str:
+    """The observation after a ``Final`` that is JSON but not of the requested answer type."""
+    return "REPL observation metadata:\n" + json.dumps(
+        {
+            "final_error": (
+                f"`Final` does not match the requested answer type: {error}. "
+                f"`Final` was {final.repr[:200]}; it has been unset. Fix it and set `Final` again."
+            )
+        },
+        indent=2,
+    )
+
+
+#: What a summary of older turns should keep (the model that continues only sees the summary).
+_COMPACTION_INSTRUCTIONS = """You are compacting the history of a Python REPL session driven by a
+model. Summarise the turns below for the model that continues it: what the code found, which REPL
+variables hold what, what failed, and what remains to do. Be brief and factual; plain text."""
+
+
+def compaction_prompt(previous_summary: str, turns: Sequence[dict[str, str]], max_chars: int) -> str:
+    """The request that summarises ``turns`` (and an earlier summary) in a few lines.
+
+    ``max_chars`` bounds the request: the oldest text is cut first, the newest is kept.
+    """
+    rendered = "\n\n".join(f"[{turn['role']}]\n{turn['content']}" for turn in turns)
+    if previous_summary:
+        rendered = f"[summary of even earlier turns]\n{previous_summary}\n\n{rendered}"
+    if len(rendered) > max_chars:
+        rendered = "(older text cut)\n" + rendered[-max_chars:]
+    return f"{_COMPACTION_INSTRUCTIONS}\n[BEGIN TURNS]\n{rendered}\n[END TURNS]"
+
+
+def compacted_message(first_message: str, summary: str, messages: int) -> str:
+    """The first user message after a compaction: the original one, then the summary."""
+    return (
+        f"{first_message}\n\nEarlier turns were summarised to fit the model's context; the full "
+        f"history ({messages} messages, as dicts with `role` and `content`) is in the REPL "
+        f"variable `history`.\n[SUMMARY OF EARLIER TURNS]\n{summary}\n[END SUMMARY]"
+    )
+
+
+def question_message(question: str, variable: str | None, context: str | None) -> str:
+    """A new question of a conversation, with the metadata of its context variable."""
+    data: dict[str, Any] = {"question": question}
+    if variable is not None and context is not None:
+        data["new_variable"] = {
+            "name": variable,
+            "type": "str",
+            "metadata": _plain(text_metadata(context, PROMPT_PREFIX_CHARS)),
+        }
+    data["instructions"] = (
+        "A new question in the same REPL session: every variable of the earlier turns is still "
+        "there. Answer this question by setting `Final` again."
+    )
+    return json.dumps(data, indent=2)

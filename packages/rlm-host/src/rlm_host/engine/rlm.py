@@ -7,43 +7,66 @@ arrive as concurrent ``HostCall``s; each becomes a child RLM in a new session of
 ``trio.CapacityLimiter``, so batched calls run concurrently up to ``Limits.concurrency``. The
 limiter guards model requests only, never a whole child: a parent waiting for its children holds
 no token, so nesting cannot deadlock.
+
+Beyond the seed: host tools (``rlm_host.tools``) are defined in every session and served by the
+host call ``tool``; the root may be asked several questions in one session (``open_root`` /
+``ask``, the conversation API); a history that approaches ``Limits.context_tokens`` has its older
+turns summarised; a typed ``Final`` is checked on the host; and a root can be rebuilt from a
+trajectory (``restore_root``, for ``--resume``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
+import msgspec
 import trio
 
 from rlm_protocol import HostCall
 
 from ..connection import GuestConnection, HostCallHandler
+from ..errors import RlmError
 from ..llm.client import ChatClient
-from ..llm.messages import ChatMessage, DeltaCallback
+from ..llm.messages import ChatMessage, ChatReply, DeltaCallback
 from ..session import Session
+from ..tools import HostTool, ToolArgumentError, UnknownTool, args_sha256, stub_code, tools_prompt
 from ..trajectory import (
     BlockRun,
     BudgetStop,
     ChildEnd,
     ChildStart,
+    Compaction,
     EngineError,
     FinalSet,
+    Message,
     ModelRequest,
     ModelResponse,
     Observation,
+    ToolCall,
     TrajectoryRecorder,
 )
 from .blocks import first_block
 from .budget import BudgetExhausted, Limits, RunMeter, StopReason, child_steps
-from .prompts import DEFAULT_TOOLS, NO_BLOCK_REPROMPT, metadata_message, observation_message, system_prompt
+from .prompts import (
+    DEFAULT_TOOLS,
+    NO_BLOCK_REPROMPT,
+    answer_mismatch_message,
+    answer_type_note,
+    compacted_message,
+    compaction_prompt,
+    metadata_message,
+    observation_message,
+    system_prompt,
+)
 
-__all__ = ["MAX_STEPS_ANSWER", "RlmEngine", "RlmOutcome"]
+__all__ = ["MAX_STEPS_ANSWER", "Replay", "RlmEngine", "RlmOutcome", "RootRlm"]
 
 #: What a child that ran out of steps returns to its parent's code (the seed's words).
 MAX_STEPS_ANSWER: Final = "(max_steps reached before Final was set)"
@@ -51,14 +74,27 @@ MAX_STEPS_ANSWER: Final = "(max_steps reached before Final was set)"
 #: Closing a session after a cancelled run must not hang the shutdown on a stuck guest.
 _CLOSE_GRACE_SECONDS: Final = 5.0
 
+#: Compact when the history reaches this share of ``context_tokens``: the rest is room for the
+#: reply and the next observation.
+COMPACT_AT: Final = 0.75
+
+#: Messages kept verbatim at the end of a compacted history: the last two turns (assistant
+#: block, observation), which the model needs word for word to go on.
+KEEP_MESSAGES: Final = 4
+
 
 @dataclass(frozen=True)
 class RlmOutcome:
-    """How one RLM ended: ``answer`` when ``stop_reason == "final"``, else ``detail`` says why."""
+    """How one RLM ended: ``answer`` when ``stop_reason == "final"``, else ``detail`` says why.
+
+    ``value`` is ``Final`` itself: the JSON value, or the typed value when an answer type was
+    asked for.
+    """
 
     answer: str | None
     stop_reason: StopReason
     detail: str = ""
+    value: Any = None
 
 
 def _final_answer(value: Any) -> str:
@@ -66,6 +102,81 @@ def _final_answer(value: Any) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value, indent=2)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", errors="replace")).hexdigest()
+
+
+def _chars(messages: Sequence[ChatMessage]) -> int:
+    return sum(len(message["content"]) for message in messages)
+
+
+@dataclass
+class RootRlm:
+    """One RLM's session and conversation (the root's outlives a question in a conversation)."""
+
+    id: str
+    depth: int
+    session: Session
+    model: str | None
+    tools: tuple[HostTool, ...]
+    history: list[ChatMessage]
+    #: Every message ever added, never compacted: the REPL's ``history`` after a compaction.
+    transcript: list[ChatMessage]
+    #: The first user message as first written (a compaction appends its summary to it).
+    first_message: str
+    #: What the host bound in the namespace; bound again after the guest reset the session.
+    bound: dict[str, Any] = field(default_factory=dict)
+    step: int = 0
+    summary: str = ""
+    #: Messages of ``history`` already recorded in a ``ModelRequest``; ``None``: record all.
+    recorded: int | None = None
+    #: Tokens of the history as the server last counted them, and the history length then.
+    reported_tokens: int | None = None
+    reported_len: int = 0
+
+    def append(self, message: ChatMessage) -> None:
+        self.history.append(message)
+        self.transcript.append(message)
+
+
+class Replay:
+    """Answers of a recorded run, for the host calls of its blocks replayed by ``--resume``.
+
+    Child calls are matched by method and prompt, tool calls by name and arguments, each in the
+    order they were recorded; a call with no recorded answer fails in the guest and is listed in
+    ``problems``.
+    """
+
+    def __init__(self) -> None:
+        self.children: defaultdict[tuple[str, str], deque[str]] = defaultdict(deque)
+        self.tools: defaultdict[tuple[str, str], deque[tuple[Any, str | None]]] = defaultdict(deque)
+        self.problems: list[str] = []
+        self.active = True
+
+    def answer(self, call: HostCall) -> Any:
+        """The recorded answer of ``call``; raises what the original call raised, or
+        ``LookupError`` when there is none."""
+        if call.method == "tool":
+            name = str(call.payload.get("name"))
+            key = (name, args_sha256(name, call.payload.get("args", []), call.payload.get("kwargs", {})))
+            queue = self.tools.get(key)
+            if not queue:
+                problem = f"tool call {name}(...) has no recorded result; it failed in the replay"
+                self.problems.append(problem)
+                raise LookupError(problem)
+            result, error = queue.popleft()
+            if error is not None:
+                raise RuntimeError(f"(recorded) {error}")
+            return result
+        prompt = str(call.payload.get("prompt"))
+        queue_children = self.children.get((call.method, _sha256(prompt)))
+        if not queue_children:
+            problem = f"{call.method}({prompt[:60]!r}...) has no recorded answer; it failed in the replay"
+            self.problems.append(problem)
+            raise LookupError(problem)
+        return queue_children.popleft()
 
 
 class RlmEngine:
@@ -83,6 +194,7 @@ class RlmEngine:
         recorder: TrajectoryRecorder,
         limits: Limits = Limits(),
         tools: Sequence[str] = DEFAULT_TOOLS,
+        host_tools: Sequence[HostTool] = (),
         exec_timeout: float | None = None,
         on_delta: DeltaCallback | None = None,
     ) -> None:
@@ -92,81 +204,187 @@ class RlmEngine:
         self.limits = limits
         self.meter = RunMeter(limits)
         self.exec_timeout = exec_timeout
-        self._system_prompt = system_prompt(tools)
+        self.host_tools = tuple(host_tools)
+        self._guest_tools = tuple(tools)
+        self._system_prompts: dict[tuple[str, ...], str] = {}
         self._limiter = trio.CapacityLimiter(limits.concurrency)
         self._calls: Iterator[int] = itertools.count(1)
         self._children: defaultdict[str, Iterator[int]] = defaultdict(lambda: itertools.count(1))
         self._on_delta = on_delta
 
+    def _system_prompt(self, tools: Sequence[HostTool]) -> str:
+        key = tuple(tool.name for tool in tools)
+        if key not in self._system_prompts:
+            self._system_prompts[key] = system_prompt(self._guest_tools, tools_prompt(tools))
+        return self._system_prompts[key]
+
     # --- the root ---------------------------------------------------------------------------
 
-    async def run(self, prompt: str) -> RlmOutcome:
+    async def run(self, prompt: str, *, answer_type: Any = None) -> RlmOutcome:
         """Run the root RLM on ``prompt`` until ``Final`` or a budget; see ``RlmOutcome``.
 
-        Raises what ends the run without an answer (``ModelError``, ``GuestError``), after
-        recording it in the trajectory.
+        With ``answer_type``, ``Final`` must convert to it (``msgspec.convert``); a mismatch is
+        an observation and the run goes on. Raises what ends the run without an answer
+        (``ModelError``, ``GuestError``), after recording it in the trajectory.
         """
+        root = await self.open_root(prompt, answer_type=answer_type)
+        try:
+            return await self.ask(root, answer_type=answer_type)
+        finally:
+            await self.close(root)
+
+    async def open_root(
+        self, prompt: str, *, answer_type: Any = None, handler: HostCallHandler | None = None
+    ) -> RootRlm:
+        """Open the root's session with ``prompt`` bound; ``ask`` runs its steps."""
+        return await self._open(
+            prompt, rlm="0", depth=0, model=None, tools=self.host_tools, answer_type=answer_type,
+            max_steps=self.limits.max_steps, handler=handler,
+        )
+
+    async def ask(self, root: RootRlm, message: str | None = None, *, answer_type: Any = None) -> RlmOutcome:
+        """Run the root's steps until ``Final`` or a budget, after adding ``message`` (a new
+        question) to its history. The wall-time budget counts from here."""
+        if message is not None:
+            root.append({"role": "user", "content": message})
         with trio.move_on_after(self.limits.max_seconds or float("inf")) as deadline:
-            return await self._solve(prompt, rlm="0", depth=0, max_steps=self.limits.max_steps)
+            return await self._guarded(root, self.limits.max_steps, answer_type)
         detail = f"wall-time budget spent: {self.limits.max_seconds} s"
         assert deadline.cancelled_caught
-        self._emit_stop("0", 0, "wall_time", detail)
+        self._emit_stop(root.id, root.depth, "wall_time", detail)
         return RlmOutcome(None, "wall_time", detail)
+
+    async def bind(self, rlm: RootRlm, values: dict[str, Any]) -> None:
+        """Bind ``values`` in the RLM's namespace (and again after a session reset)."""
+        rlm.bound.update(values)
+        await rlm.session.set_vars(values)
+
+    async def close(self, rlm: RootRlm) -> None:
+        """Close the RLM's session (shielded and bounded: it runs after cancellations too)."""
+        with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_GRACE_SECONDS):
+            await rlm.session.close()
 
     # --- one RLM ----------------------------------------------------------------------------
 
-    async def _solve(
-        self, prompt: str, *, rlm: str, depth: int, max_steps: int, model: str | None = None
-    ) -> RlmOutcome:
+    async def _open(
+        self,
+        prompt: str,
+        *,
+        rlm: str,
+        depth: int,
+        model: str | None,
+        tools: tuple[HostTool, ...],
+        max_steps: int,
+        answer_type: Any = None,
+        handler: HostCallHandler | None = None,
+    ) -> RootRlm:
         session = await self.connection.open_session(
-            handler=self._host_call_handler(rlm, depth, max_steps, model)
+            handler=handler or self._host_call_handler(rlm, depth, max_steps, model, tools)
         )
+        first = metadata_message(prompt)
+        if answer_type is not None:
+            first += "\n\n" + answer_type_note(msgspec.json.schema(answer_type))
+        state = RootRlm(
+            id=rlm,
+            depth=depth,
+            session=session,
+            model=model,
+            tools=tools,
+            history=[],
+            transcript=[],
+            first_message=first,
+            bound={"prompt": prompt},
+        )
+        state.append({"role": "system", "content": self._system_prompt(tools)})
+        state.append({"role": "user", "content": first})
         try:
-            return await self._loop(session, prompt, rlm=rlm, depth=depth, max_steps=max_steps, model=model)
+            await self.prepare(state)
+        except BaseException:
+            await self.close(state)
+            raise
+        return state
+
+    async def prepare(self, state: RootRlm) -> None:
+        """Bind the host's variables and define the tools (at start and after a reset)."""
+        await state.session.set_vars(state.bound)
+        if state.tools:
+            result = await state.session.exec(stub_code(state.tools))
+            if result.error is not None:
+                raise RlmError(f"could not define the host tools in the guest: {result.error.value}")
+
+    async def _solve(
+        self,
+        prompt: str,
+        *,
+        rlm: str,
+        depth: int,
+        max_steps: int,
+        model: str | None,
+        tools: tuple[HostTool, ...],
+    ) -> RlmOutcome:
+        state = await self._open(prompt, rlm=rlm, depth=depth, model=model, tools=tools, max_steps=max_steps)
+        try:
+            return await self._guarded(state, max_steps, None)
+        finally:
+            await self.close(state)
+
+    async def _guarded(self, state: RootRlm, max_steps: int, answer_type: Any) -> RlmOutcome:
+        """``_steps``, with a budget stop as an outcome and an error recorded before it is raised."""
+        try:
+            return await self._steps(state, max_steps, answer_type)
         except BudgetExhausted as spent:
-            self._emit_stop(rlm, depth, spent.reason, spent.detail)
+            self._emit_stop(state.id, state.depth, spent.reason, spent.detail)
             return RlmOutcome(None, spent.reason, spent.detail)
         except Exception as error:
             self.recorder.emit(
                 EngineError(
-                    ts=time.time(), rlm=rlm, depth=depth, error_type=type(error).__name__, message=str(error)
+                    ts=time.time(), rlm=state.id, depth=state.depth, error_type=type(error).__name__,
+                    message=str(error),
                 )
             )
             raise
-        finally:
-            # Shielded so that a cancelled run (wall time) still frees its guest session.
-            with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_GRACE_SECONDS):
-                await session.close()
 
-    async def _loop(
-        self, session: Session, prompt: str, *, rlm: str, depth: int, max_steps: int, model: str | None
-    ) -> RlmOutcome:
-        await session.set_vars({"prompt": prompt})
-        history: list[ChatMessage] = [
-            {"role": "system", "content": self._system_prompt},
-            {"role": "user", "content": metadata_message(prompt)},
-        ]
-        for step in range(1, max_steps + 1):
-            reply = await self._chat(history, rlm=rlm, depth=depth, step=step, model=model)
+    async def _steps(self, state: RootRlm, max_steps: int, answer_type: Any) -> RlmOutcome:
+        rlm, depth, session = state.id, state.depth, state.session
+        for _ in range(max_steps):
+            state.step += 1
+            step = state.step
+            await self._maybe_compact(state)
+            reply = await self._step_request(state)
             block = first_block(reply)
             if block is None:
                 # Unlike the seed, the reply stays in the history: roles keep alternating (some
                 # chat templates require it) and the model sees what it is being corrected for.
-                history.append({"role": "assistant", "content": reply})
-                history.append({"role": "user", "content": NO_BLOCK_REPROMPT})
+                state.append({"role": "assistant", "content": reply})
+                state.append({"role": "user", "content": NO_BLOCK_REPROMPT})
                 continue
-            history.append({"role": "assistant", "content": block.fenced})
+            state.append({"role": "assistant", "content": block.fenced})
             self.recorder.emit(
                 BlockRun(ts=time.time(), rlm=rlm, depth=depth, step=step, language=block.language, code=block.code)
             )
             result = await session.exec(block.code, block.language, timeout=self.exec_timeout)
+            if result.session_reset:
+                await self.prepare(state)
             final = result.final
             if final is not None and final.ok:
-                answer = _final_answer(final.value)
-                self.recorder.emit(FinalSet(ts=time.time(), rlm=rlm, depth=depth, step=step, answer=answer))
-                return RlmOutcome(answer, "final")
-            observation = observation_message(result)
-            error = None if result.error is None else f"{result.error.name}: {result.error.value}"
+                value = final.value
+                mismatch: str | None = None
+                if answer_type is not None:
+                    try:
+                        value = msgspec.convert(final.value, answer_type)
+                    except msgspec.ValidationError as error:
+                        mismatch = str(error)
+                if mismatch is None:
+                    answer = _final_answer(final.value)
+                    self.recorder.emit(FinalSet(ts=time.time(), rlm=rlm, depth=depth, step=step, answer=answer))
+                    return RlmOutcome(answer, "final", value=value)
+                # Unset, or the next block would be judged by the same rejected Final.
+                await session.set_vars({})
+                observation = answer_mismatch_message(mismatch, final)
+                error_text: str | None = f"AnswerTypeError: {mismatch}"
+            else:
+                observation = observation_message(result)
+                error_text = None if result.error is None else f"{result.error.name}: {result.error.value}"
             self.recorder.emit(
                 Observation(
                     ts=time.time(),
@@ -176,13 +394,77 @@ class RlmEngine:
                     content=observation,
                     duration=result.duration,
                     returncode=result.returncode,
-                    error=error,
+                    error=error_text,
                 )
             )
-            history.append({"role": "user", "content": observation})
+            state.append({"role": "user", "content": observation})
         detail = f"no Final after {max_steps} steps"
         self._emit_stop(rlm, depth, "max_steps", detail)
         return RlmOutcome(None, "max_steps", detail)
+
+    async def _step_request(self, state: RootRlm) -> str:
+        """The model's reply to the RLM's history, recording what the history gained."""
+        history = state.history
+        if state.recorded is None:
+            new, rebased = history, True
+        else:
+            new, rebased = history[state.recorded :], False
+        reply = await self._chat(
+            list(history), rlm=state.id, depth=state.depth, step=state.step, model=state.model,
+            new_messages=new, rebased=rebased,
+        )
+        state.recorded = len(history)
+        if reply.usage.reported:
+            state.reported_tokens = reply.usage.prompt_tokens + reply.usage.completion_tokens
+            # The reply is the next message; the server counted it as completion tokens.
+            state.reported_len = len(history) + 1
+        return reply.content
+
+    # --- compaction -------------------------------------------------------------------------
+
+    def _history_tokens(self, state: RootRlm) -> int:
+        """The history's size in tokens: the server's last count plus an estimate (chars / 4)
+        of what came after, or an estimate of all of it."""
+        if state.reported_tokens is not None and state.reported_len <= len(state.history):
+            return state.reported_tokens + _chars(state.history[state.reported_len :]) // 4
+        return _chars(state.history) // 4
+
+    async def _maybe_compact(self, state: RootRlm) -> None:
+        limit = self.limits.context_tokens
+        if limit is None:
+            return
+        tokens = self._history_tokens(state)
+        if tokens < COMPACT_AT * limit:
+            return
+        system, middle, tail = state.history[0], state.history[2:-KEEP_MESSAGES], state.history[-KEEP_MESSAGES:]
+        if len(middle) < 2:
+            return  # nothing old enough to summarise: the model gets what it gets
+        # The request itself must fit: half the context, in characters (4 per token).
+        request = compaction_prompt(state.summary, [{"role": m["role"], "content": m["content"]} for m in middle], max_chars=limit * 2)
+        messages: list[ChatMessage] = [{"role": "user", "content": request}]
+        reply = await self._chat(
+            messages, rlm=state.id, depth=state.depth, step=state.step, model=state.model,
+            purpose="compact", new_messages=messages, rebased=True,
+        )
+        state.summary = reply.content.strip()
+        before = len(state.history)
+        first: ChatMessage = {
+            "role": "user",
+            "content": compacted_message(state.first_message, state.summary, len(state.transcript)),
+        }
+        state.history = [system, first, *tail]
+        state.recorded = None
+        state.reported_tokens = None
+        # The full history stays reachable from code; binding it also unsets Final, which is
+        # harmless here: a Final that was accepted ended the RLM before this point.
+        await state.session.set_vars({"history": [{"role": m["role"], "content": m["content"]} for m in state.transcript]})
+        self.recorder.emit(
+            Compaction(
+                ts=time.time(), rlm=state.id, depth=state.depth, step=state.step,
+                messages_before=before, messages_after=len(state.history), tokens_before=tokens,
+                summary=state.summary,
+            )
+        )
 
     # --- model calls ------------------------------------------------------------------------
 
@@ -195,14 +477,16 @@ class RlmEngine:
         step: int,
         model: str | None,
         purpose: str = "rlm",
-    ) -> str:
+        new_messages: Sequence[ChatMessage] = (),
+        rebased: bool = False,
+    ) -> ChatReply:
         """One model request through the run's limiter and meter, recorded as two events."""
         async with self._limiter:
-            # Checked once a slot is ours: the budget is judged at the moment of sending.
-            self.meter.start_call()
-            call = next(self._calls)
             chosen = model or self.client.config.model
-            request_chars = sum(len(message["content"]) for message in messages)
+            # Checked once a slot is ours: the budget is judged at the moment of sending.
+            self.meter.start_call(chosen)
+            call = next(self._calls)
+            request_chars = _chars(messages)
             self.recorder.emit(
                 ModelRequest(
                     ts=time.time(),
@@ -214,6 +498,8 @@ class RlmEngine:
                     messages=len(messages),
                     request_chars=request_chars,
                     purpose=purpose,
+                    new_messages=tuple(Message(m["role"], m["content"]) for m in new_messages),
+                    rebased=rebased,
                 )
             )
             started = time.perf_counter()
@@ -232,7 +518,7 @@ class RlmEngine:
                     )
                 )
                 raise
-        self.meter.record(reply.usage, request_chars=request_chars, reply_chars=len(reply.content))
+        self.meter.record(reply.usage, request_chars=request_chars, reply_chars=len(reply.content), model=chosen)
         self.recorder.emit(
             ModelResponse(
                 ts=time.time(),
@@ -246,16 +532,31 @@ class RlmEngine:
                 attempts=reply.attempts,
             )
         )
-        return reply.content
+        return reply
 
     # --- host calls from model code ---------------------------------------------------------
 
     def _host_call_handler(
-        self, parent: str, depth: int, parent_steps: int, parent_model: str | None
+        self,
+        parent: str,
+        depth: int,
+        parent_steps: int,
+        parent_model: str | None,
+        tools: tuple[HostTool, ...],
+        replay: Replay | None = None,
     ) -> HostCallHandler:
-        """The handler of one session's host calls; each call runs in its own task."""
+        """The handler of one session's host calls; each call runs in its own task.
+
+        Only ``rlm_query``, ``llm_query`` and the session's own tools are served: nothing else
+        on the host is reachable from the guest.
+        """
+        child_tools = tuple(tool for tool in tools if tool.children)
 
         async def handle(call: HostCall) -> Any:
+            if replay is not None and replay.active:
+                return replay.answer(call)
+            if call.method == "tool":
+                return await self._tool_call(call, parent, depth, tools)
             if call.method not in ("rlm_query", "llm_query"):
                 raise ValueError(f"unknown host call {call.method!r}")
             prompt = call.payload.get("prompt")
@@ -274,9 +575,46 @@ class RlmEngine:
                 leaf=leaf,
                 max_steps=child_steps(parent_steps),
                 model=model,
+                tools=child_tools,
             )
 
         return handle
+
+    def root_handler(self, replay: Replay) -> HostCallHandler:
+        """The root's handler that answers from ``replay`` while it is active (``--resume``)."""
+        return self._host_call_handler("0", 0, self.limits.max_steps, None, self.host_tools, replay)
+
+    async def _tool_call(self, call: HostCall, rlm: str, depth: int, tools: tuple[HostTool, ...]) -> Any:
+        name = call.payload.get("name")
+        args = call.payload.get("args", [])
+        kwargs = call.payload.get("kwargs", {})
+        by_name = {tool.name: tool for tool in tools}
+        tool = by_name.get(name) if isinstance(name, str) else None
+        if tool is None:
+            offered = ", ".join(sorted(by_name)) or "none"
+            raise UnknownTool(f"no host tool named {name!r} here (offered: {offered})")
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise ToolArgumentError(f"{tool.name}(): malformed call (args must be a list, kwargs a dict)")
+        started = time.perf_counter()
+        key = args_sha256(tool.name, args, kwargs)
+        try:
+            result = await tool.call(args, kwargs)
+        except Exception as error:
+            self.recorder.emit(
+                ToolCall(
+                    ts=time.time(), rlm=rlm, depth=depth, name=tool.name, duration=time.perf_counter() - started,
+                    args_sha256=key, args_chars=len(json.dumps([args, kwargs], default=str)),
+                    error=f"{type(error).__name__}: {error}",
+                )
+            )
+            raise
+        self.recorder.emit(
+            ToolCall(
+                ts=time.time(), rlm=rlm, depth=depth, name=tool.name, duration=time.perf_counter() - started,
+                args_sha256=key, args_chars=len(json.dumps([args, kwargs], default=str)), result=result,
+            )
+        )
+        return result
 
     async def _child(
         self,
@@ -289,6 +627,7 @@ class RlmEngine:
         leaf: bool,
         max_steps: int,
         model: str | None,
+        tools: tuple[HostTool, ...],
     ) -> str:
         """Run a child and always return a string to the parent's code.
 
@@ -299,7 +638,8 @@ class RlmEngine:
         kind = "leaf" if leaf else "rlm"
         self.recorder.emit(
             ChildStart(
-                ts=time.time(), rlm=rlm, depth=depth, parent=parent, kind=kind, method=method, prompt_chars=len(prompt)
+                ts=time.time(), rlm=rlm, depth=depth, parent=parent, kind=kind, method=method,
+                prompt_chars=len(prompt), prompt_sha256=_sha256(prompt),
             )
         )
         started = time.perf_counter()
@@ -307,11 +647,14 @@ class RlmEngine:
         error: str | None = None
         try:
             if leaf:
-                answer = await self._chat(
-                    [{"role": "user", "content": prompt}], rlm=rlm, depth=depth, step=1, model=model, purpose="leaf"
+                messages: list[ChatMessage] = [{"role": "user", "content": prompt}]
+                reply = await self._chat(
+                    messages, rlm=rlm, depth=depth, step=1, model=model, purpose="leaf",
+                    new_messages=messages, rebased=True,
                 )
+                answer = reply.content
             else:
-                outcome = await self._solve(prompt, rlm=rlm, depth=depth, max_steps=max_steps, model=model)
+                outcome = await self._solve(prompt, rlm=rlm, depth=depth, max_steps=max_steps, model=model, tools=tools)
                 stop_reason = outcome.stop_reason
                 if outcome.answer is not None:
                     answer = outcome.answer
@@ -338,6 +681,7 @@ class RlmEngine:
                 answer_chars=len(answer),
                 stop_reason=stop_reason,
                 error=error,
+                answer=answer,
             )
         )
         return answer
