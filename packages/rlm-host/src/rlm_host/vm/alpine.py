@@ -24,7 +24,7 @@ from pathlib import Path
 from .cache import downloads_dir
 from .debian import TOOL_COMMANDS, _present_tools, _run, _tree_bytes
 from .errors import ImageBuildError
-from .guest_scripts import RLM_INIT, RLM_PROVISION
+from .guest_scripts import RLM_AGENT_START, RLM_INIT, RLM_PROVISION
 from .image import INITRAMFS_NAME, KERNEL_NAME, ROOTFS_NAME, BuildReporter, RecipeOutput
 from .initramfs import GUEST_MODULES, build_initramfs
 from .kernel import extract_vmlinux
@@ -75,6 +75,7 @@ class AlpineRecipe:
             "initramfs_init": _init_script([]),
             "rlm_init": RLM_INIT,
             "rlm_provision": RLM_PROVISION,
+            "rlm_agent_start": RLM_AGENT_START,
         }
 
     def _iso(self, reporter: BuildReporter) -> Path:
@@ -135,7 +136,7 @@ class AlpineRecipe:
         (rootfs / "etc/apk/repositories").write_text("\n".join(repos) + "\n")
         for sub in ("usr/local/sbin", "usr/local/bin", "cache"):
             (rootfs / sub).mkdir(parents=True, exist_ok=True)
-        for name, text in (("rlm-init", RLM_INIT), ("rlm-provision", RLM_PROVISION)):
+        for name, text in (("rlm-init", RLM_INIT), ("rlm-provision", RLM_PROVISION), ("rlm-agent-start", RLM_AGENT_START)):
             (rootfs / "usr/local/sbin" / name).write_text(text)
             (rootfs / "usr/local/sbin" / name).chmod(0o755)
         for trimmed in ("usr/share/doc", "usr/share/man", "usr/share/locale"):

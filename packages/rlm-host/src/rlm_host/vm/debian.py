@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .errors import ImageBuildError
-from .guest_scripts import RLM_INIT, RLM_PROVISION
+from .guest_scripts import RLM_AGENT_START, RLM_INIT, RLM_PROVISION
 from .image import INITRAMFS_NAME, KERNEL_NAME, ROOTFS_NAME, BuildReporter, RecipeOutput
 from .initramfs import GUEST_MODULES, build_initramfs
 from .kernel import extract_vmlinux
@@ -140,6 +140,7 @@ class DebianRecipe:
             "initramfs_init": _init_script([]),
             "rlm_init": RLM_INIT,
             "rlm_provision": RLM_PROVISION,
+            "rlm_agent_start": RLM_AGENT_START,
         }
 
     def _mmdebstrap_command(self, work: Path) -> list[str]:
@@ -159,7 +160,8 @@ class DebianRecipe:
                 'ln -sf /usr/bin/fdfind "$1"/usr/local/bin/fd',
                 f'printf %s {shlex.quote(RLM_INIT)} > "$1"/usr/local/sbin/rlm-init',
                 f'printf %s {shlex.quote(RLM_PROVISION)} > "$1"/usr/local/sbin/rlm-provision',
-                'chmod 0755 "$1"/usr/local/sbin/rlm-init "$1"/usr/local/sbin/rlm-provision',
+                f'printf %s {shlex.quote(RLM_AGENT_START)} > "$1"/usr/local/sbin/rlm-agent-start',
+                'chmod 0755 "$1"/usr/local/sbin/rlm-init "$1"/usr/local/sbin/rlm-provision "$1"/usr/local/sbin/rlm-agent-start',
                 'echo rlm-guest > "$1"/etc/hostname',
             ]
         )

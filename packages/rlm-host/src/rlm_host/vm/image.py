@@ -139,6 +139,14 @@ class Recipe(Protocol):
         """
 
 
+def _summarize(inputs: Mapping[str, object]) -> dict[str, object]:
+    # Scripts are recorded by digest: the manifest stays readable and still identifies them.
+    return {
+        key: ("sha256:" + hashlib.sha256(value.encode()).hexdigest()[:16]) if isinstance(value, str) and len(value) > 200 else value
+        for key, value in inputs.items()
+    }
+
+
 def get_recipe(name: str) -> Recipe:
     """Return the recipe called ``name`` (``debian`` or ``alpine``).
 
@@ -201,6 +209,23 @@ def find_image(recipe: str | None = "debian") -> GuestImage:
     return image
 
 
+def _remove_abandoned_builds() -> None:
+    # A build killed half-way leaves images/<hash>.build-<pid>; remove those whose process
+    # is gone (never another live build's directory).
+    root = images_dir()
+    if not root.is_dir():
+        return
+    try:
+        mounts = Path("/proc/mounts").read_text()
+    except OSError:
+        return
+    for path in root.glob("*.build-*"):
+        pid = path.name.rsplit("-", 1)[-1]
+        # Never delete through a mount that an interrupted mmdebstrap left behind.
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and f" {path}/" not in mounts:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def build_image(recipe_name: str = "debian", *, reporter: BuildReporter, force: bool = False) -> GuestImage:
     """Build (or find in the cache) the image of ``recipe_name``.
 
@@ -213,6 +238,7 @@ def build_image(recipe_name: str = "debian", *, reporter: BuildReporter, force: 
     if not force and (cached := _load(final)) is not None:
         reporter.step(f"cache hit: {final}")
         return cached
+    _remove_abandoned_builds()
     work = images_dir() / f"{key}.build-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -234,7 +260,7 @@ def build_image(recipe_name: str = "debian", *, reporter: BuildReporter, force: 
             sizes=sizes,
             build_seconds=round(time.monotonic() - started, 1),
             built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            inputs=dict(recipe.inputs()),
+            inputs=_summarize(recipe.inputs()),
         )
         (work / MANIFEST_NAME).write_text(manifest.to_json())
         if final.exists():

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -84,6 +86,11 @@ class VMConfig:
     extra_kernel_args: tuple[str, ...] = ()
     writable_disk: bool = False
     console_log: Path | None = None
+    #: Use the device set snapshots need (SeaBIOS with ACPI, ``vmgenid``, a QMP socket):
+    #: slower to cold-boot than qboot, but only snapshot creation cold-boots it.
+    snapshot_compatible: bool = False
+    #: A state file written by :func:`.snapshot.ensure_snapshot` to resume instead of booting.
+    restore_from: Path | None = None
 
 
 @dataclass
@@ -95,21 +102,30 @@ class BootTimings:
     host time via the moment the first ``rlm-init`` line appeared: ``firmware`` (QEMU start to
     kernel entry, estimated), ``kernel`` (kernel entry to /init), ``modules`` (initramfs module
     loading), ``switch_root`` (mounts and switch_root), ``userspace`` (stage-2 init up to the
-    agent exec), ``agent`` (python start to first bytes).
+    agent exec), ``agent_import`` (python start and the agent's imports), ``agent`` (from
+    then to its first bytes: host-connect check, 9p mount, Hello). A restored VM
+    (``restored``) has host-measured figures instead: ``restore_load`` (spawn until the
+    state is loaded and the VM continues), ``restore_resume`` (until the guest noticed the
+    host and printed ``agent start``, after mounting the share) and ``agent`` (from then to
+    the Hello).
     """
 
     total: float = 0.0
     qemu_socket: float = 0.0
+    restored: bool = False
     firmware: float | None = None
     kernel: float | None = None
     modules: float | None = None
     switch_root: float | None = None
     userspace: float | None = None
+    agent_import: float | None = None
     agent: float | None = None
+    restore_load: float | None = None
+    restore_resume: float | None = None
 
-    def as_dict(self) -> dict[str, float | None]:
+    def as_dict(self) -> dict[str, float | bool | None]:
         """Rounded values for JSON output."""
-        return {k: (round(v, 3) if v is not None else None) for k, v in asdict(self).items()}
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
 def qemu_command(config: VMConfig, *, qemu: str, accel: AccelChoice, run_dir: Path, console: Path) -> list[str]:
@@ -135,10 +151,16 @@ def qemu_command(config: VMConfig, *, qemu: str, accel: AccelChoice, run_dir: Pa
         "-device", "virtio-serial-pci",
         "-device", f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}",
     ]
-    if _QBOOT.exists():
+    if config.snapshot_compatible or config.restore_from is not None:
+        # A new VM generation id at every QEMU start makes the guest kernel reseed its RNG
+        # after a restore, so restored guests do not share random state (DESIGN.md).
+        cmd += ["-device", "vmgenid", "-qmp", f"unix:{run_dir / 'qmp.sock'},server=on,wait=off"]
+    elif _QBOOT.exists():
         # qboot: a minimal firmware that jumps to the PVH kernel sooner than SeaBIOS. (It
-        # hangs with -device vmgenid, which snapshot restores would want; not used yet.)
+        # hangs with -device vmgenid, hence SeaBIOS for snapshot VMs.)
         cmd += ["-bios", str(_QBOOT)]
+    if config.restore_from is not None:
+        cmd += ["-incoming", "exec:cat " + shlex.quote(str(config.restore_from))]
     if config.share is not None:
         cmd += ["-virtfs", f"local,path={config.share},mount_tag={CACHE_MOUNT_TAG},security_model=none,readonly=on"]
     cmd += ["-nic", "user,model=virtio-net-pci"] if config.network else ["-nic", "none"]
@@ -165,6 +187,8 @@ class VM:
         self._closing = False
         self._died = False
         self._console_scope = trio.CancelScope()
+        self._resumed_at: float | None = None
+        self._spawned = 0.0
         self._init_lines: list[tuple[float, str, float]] = []  # (host time, label, guest uptime)
 
     @property
@@ -285,24 +309,87 @@ class VM:
                 raise BootTimeoutError("QEMU did not open the agent socket", console_tail=self.console_tail())
             await trio.sleep(0.005)
 
+    async def _resume(self, deadline: float) -> None:
+        path = self.run_dir / "qmp.sock"
+        while True:
+            try:
+                qmp = await trio.open_unix_socket(str(path))
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED):
+                    raise VMError(f"cannot connect to QMP at {path}: {exc}") from exc
+            if self.process.poll() is not None:
+                raise self.died_error("QEMU exited while restoring the snapshot")
+            if trio.current_time() > deadline:
+                raise BootTimeoutError("QEMU did not open its QMP socket", console_tail=self.console_tail())
+            await trio.sleep(0.005)
+        async with qmp:
+            buffer = b""
+
+            async def reply() -> dict[str, object]:
+                nonlocal buffer
+                while True:
+                    while b"\n" not in buffer:
+                        chunk = await qmp.receive_some(65536)
+                        if not chunk:
+                            raise self.died_error("QMP closed while restoring the snapshot")
+                        buffer += chunk
+                    line, buffer = buffer.split(b"\n", 1)
+                    message: dict[str, object] = json.loads(line)
+                    if "event" not in message:
+                        return message
+
+            async def execute(command: str) -> object:
+                await qmp.send_all(json.dumps({"execute": command}).encode() + b"\r\n")
+                answer = await reply()
+                if "error" in answer:
+                    raise VMError(f"QMP {command} failed while restoring the snapshot: {answer['error']}")
+                return answer.get("return")
+
+            await reply()  # greeting
+            await execute("qmp_capabilities")
+            # The saved VM was stopped, so the loaded one stays paused: "cont" once loaded.
+            while True:
+                status = await execute("query-status")
+                if not isinstance(status, dict) or status.get("status") != "inmigrate":
+                    break
+                if trio.current_time() > deadline:
+                    raise BootTimeoutError("loading the VM snapshot took too long", console_tail=self.console_tail())
+                await trio.sleep(0.005)
+            await execute("cont")
+            self._resumed_at = time.monotonic()
+
     def _compute_timings(self, total: float, socket_at: float) -> None:
         t = self.timings
         t.total, t.qemu_socket = total, socket_at
-        by_label = {label: (host, uptime) for host, label, uptime in self._init_lines}
-        if "modules" not in by_label:
+        t.restored = "-incoming" in self.command
+        uptime = {label: up for _host, label, up in self._init_lines}
+        first = next(((host, up) for host, label, up in self._init_lines if label == "modules"), None)
+        if t.restored:
+            # A restored guest's uptime continues from the snapshot: host times only.
+            if self._resumed_at is not None:
+                t.restore_load = self._resumed_at - self._spawned
+                started = next((host for host, label, _up in self._init_lines if label == "agent start"), None)
+                if started is not None:
+                    t.restore_resume = started - t.restore_load
+                    t.agent = total - started
             return
-        host_first, up_first = by_label["modules"]
+        if first is None:
+            return
         # The first line appeared (host time) at most ~10 ms after the guest printed it.
-        kernel_entry = host_first - up_first
+        kernel_entry = first[0] - first[1]
         t.firmware = max(0.0, kernel_entry)
-        t.kernel = up_first
-        if "modules loaded" in by_label:
-            t.modules = by_label["modules loaded"][1] - up_first
-            if "stage2" in by_label:
-                t.switch_root = by_label["stage2"][1] - by_label["modules loaded"][1]
-                if "agent" in by_label:
-                    t.userspace = by_label["agent"][1] - by_label["stage2"][1]
-                    t.agent = total - (kernel_entry + by_label["agent"][1])
+        t.kernel = first[1]
+
+        def span(start: str, end: str) -> float | None:
+            return uptime[end] - uptime[start] if start in uptime and end in uptime else None
+
+        t.modules = span("modules", "modules loaded")
+        t.switch_root = span("modules loaded", "stage2")
+        t.userspace = span("stage2", "agent")
+        t.agent_import = span("agent", "agent waiting")
+        if "agent waiting" in uptime:
+            t.agent = total - (kernel_entry + uptime["agent waiting"])
 
 
 @asynccontextmanager
@@ -335,6 +422,7 @@ async def open_vm(config: VMConfig) -> AsyncIterator[VM]:
             preexec_fn=_set_pdeathsig, close_fds=True,
         )
     vm = VM(process, run_dir, console, command)
+    vm._spawned = spawned
     died: VMDiedError | None = None
     try:
         async with trio.open_nursery() as nursery:
@@ -343,6 +431,8 @@ async def open_vm(config: VMConfig) -> AsyncIterator[VM]:
             deadline = trio.current_time() + config.boot_timeout
             await vm._connect(deadline)
             socket_at = time.monotonic() - spawned
+            if config.restore_from is not None:
+                await vm._resume(deadline)
             with trio.move_on_at(deadline) as ready_scope:
                 # Readiness = the agent's first bytes (its Hello). Waiting for readability
                 # does not consume them: the connection reads the Hello itself.
