@@ -34,6 +34,7 @@ from .pdf import is_pdf, pdf_text
 from .progress import Progress
 from .resume import ResumeError, resume_rlm
 from .tools import DEFAULT_TOOL_TIMEOUT, load_tool
+from .trajectory import Event, EventSink, Resumed
 from .vm.errors import VMError
 
 __all__ = ["ApiChoice", "IsolationChoice", "build_prompt", "run"]
@@ -98,6 +99,24 @@ def build_prompt(
     if text is None:
         raise typer.BadParameter("give a FILE (or '-' for stdin), a --query, or both")
     return paper_brief_task(text) if is_pdf else text
+
+
+def _with_resume_report(progress: Progress | None) -> EventSink:
+    """Say on stderr what a resume restored and what it could not, then pass events on."""
+
+    def sink(event: Event) -> None:
+        if isinstance(event, Resumed):
+            print(
+                f"rlm: resumed {event.trajectory}: {event.steps_replayed} blocks replayed, "
+                f"{event.history_messages} messages of history",
+                file=sys.stderr,
+            )
+            for problem in event.problems:
+                print(f"rlm: not restored: {problem}", file=sys.stderr)
+        if progress is not None:
+            progress(event)
+
+    return sink
 
 
 def _result_json(result: RunResult[Any]) -> str:
@@ -218,7 +237,7 @@ def run(
         memory_mb=memory_mb,
         network=network,
         trajectory_path=trajectory,
-        on_event=progress,
+        on_event=_with_resume_report(progress) if resume is not None else progress,
         host_tools=host_tools,
         tool_timeout=tool_timeout,
         max_cost=max_cost,
