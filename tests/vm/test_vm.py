@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from rlm_host.connection import GuestConnection
 from rlm_host.vm import VMConfig, VMDiedError, find_image, open_vm
+from rlm_host.vm.connect import prepare_vm_config
 
 from vm_harness import SharedVM, run_block
 
@@ -71,3 +73,48 @@ async def test_killed_qemu_raises_typed_error_quickly(vm_config: VMConfig) -> No
     assert detected < 1.0
     assert caught.value.returncode == -signal.SIGKILL
     assert "rlm-init" in caught.value.console_tail
+
+
+async def test_restored_guests_do_not_share_randomness(vm_config: VMConfig) -> None:
+    # Every VM resumes the same snapshot; vmgenid must make the guest kernel reseed.
+    samples = []
+    for _ in range(2):
+        with trio.fail_after(300):
+            async with open_vm(vm_config) as vm, GuestConnection.open(vm.stream, death_detail=vm.death_detail) as conn:
+                async with await conn.open_session() as session:
+                    result = await session.exec("import os; print(os.urandom(16).hex())")
+                samples.append(result.stdout.text.strip())
+    assert len(samples[0]) == 32
+    assert samples[0] != samples[1]
+
+
+async def test_network_flag_gives_user_mode_nat() -> None:
+    # Only with network=True: eth0 with QEMU's user-mode address, and the host reachable
+    # through the NAT gateway 10.0.2.2 (no internet needed for that).
+    config = await trio.to_thread.run_sync(lambda: prepare_vm_config(memory_mb=1024, network=True))
+    listener = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listener[0].socket.getsockname()[1]
+    accepted = []
+
+    async def serve(stream: trio.SocketStream) -> None:
+        accepted.append(True)
+        await stream.send_all(b"hello from host\n")
+        await stream.aclose()
+
+    code = (
+        "import os, socket\n"
+        "print(sorted(os.listdir('/sys/class/net')))\n"
+        f"s = socket.create_connection(('10.0.2.2', {port}), timeout=10)\n"
+        "print(s.recv(100).decode().strip())\n"
+    )
+    with trio.fail_after(300):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, serve, listener)
+            async with open_vm(config) as vm, GuestConnection.open(vm.stream, death_detail=vm.death_detail) as conn:
+                async with await conn.open_session() as session:
+                    result = await session.exec(code)
+            nursery.cancel_scope.cancel()
+    lines = result.stdout.text.splitlines()
+    assert lines[0] == "['eth0', 'lo']", result
+    assert lines[1] == "hello from host"
+    assert accepted

@@ -1,0 +1,77 @@
+"""Fast tests of the VM layer's pure parts (no VM boots; QEMU only where noted)."""
+
+from __future__ import annotations
+
+import lzma
+import stat
+from pathlib import Path
+
+import pytest
+
+from rlm_host.vm import VMConfig, VMDiedError, find_qemu, open_vm
+from rlm_host.vm.accel import AccelChoice
+from rlm_host.vm.errors import ImageBuildError
+from rlm_host.vm.initramfs import InitramfsFile, write_cpio
+from rlm_host.vm.kernel import extract_vmlinux
+from rlm_host.vm.qemu import qemu_command
+
+
+def _config(tmp_path: Path, **overrides: object) -> VMConfig:
+    base: dict[str, object] = dict(kernel=tmp_path / "vmlinux", initramfs=tmp_path / "initramfs.cpio", disk=tmp_path / "disk.qcow2")
+    base.update(overrides)
+    return VMConfig(**base)  # type: ignore[arg-type]
+
+
+def test_command_has_no_network_by_default_and_a_read_only_share(tmp_path: Path) -> None:
+    cmd = qemu_command(_config(tmp_path, share=tmp_path), qemu="qemu", accel=AccelChoice("tcg", ""), run_dir=tmp_path, console=tmp_path / "c")
+    assert cmd[cmd.index("-nic") + 1] == "none"
+    virtfs = cmd[cmd.index("-virtfs") + 1]
+    assert "readonly=on" in virtfs and "mount_tag=rlmcache" in virtfs
+    assert "readonly=on" in cmd[cmd.index("-drive") + 1]
+    assert "-no-reboot" in cmd and "-nodefaults" in cmd
+
+
+def test_command_with_network_and_restore(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    cmd = qemu_command(_config(tmp_path, network=True, restore_from=state), qemu="qemu", accel=AccelChoice("tcg", ""), run_dir=tmp_path, console=tmp_path / "c")
+    assert cmd[cmd.index("-nic") + 1].startswith("user,")
+    assert cmd[cmd.index("-incoming") + 1] == f"exec:cat {state}"
+    assert "vmgenid" in cmd
+    assert "rlm.network" in cmd[cmd.index("-append") + 1]
+
+
+def test_extract_vmlinux_finds_the_xz_payload(tmp_path: Path) -> None:
+    elf = b"\x7fELF" + b"kernel" * 1000
+    # A decoy magic before the real payload, and trailing bytes after it, as in a bzImage.
+    bzimage = tmp_path / "bzImage"
+    bzimage.write_bytes(b"MZ" + b"\xfd7zXZ\x00garbage" + b"\0" * 100 + lzma.compress(elf, format=lzma.FORMAT_XZ) + b"trailer")
+    out = extract_vmlinux(bzimage, tmp_path / "vmlinux")
+    assert out.read_bytes() == elf
+
+
+def test_extract_vmlinux_rejects_unknown_payloads(tmp_path: Path) -> None:
+    bad = tmp_path / "bzImage"
+    bad.write_bytes(b"MZ" + b"\0" * 4096)
+    with pytest.raises(ImageBuildError):
+        extract_vmlinux(bad, tmp_path / "vmlinux")
+
+
+def test_cpio_is_newc_and_aligned(tmp_path: Path) -> None:
+    target = tmp_path / "initramfs.cpio"
+    write_cpio([InitramfsFile("init", stat.S_IFREG | 0o755, b"#!/bin/sh\n"), InitramfsFile("bin", stat.S_IFDIR | 0o755)], target)
+    data = target.read_bytes()
+    assert data.startswith(b"070701")
+    assert b"TRAILER!!!" in data
+    assert len(data) % 4 == 0
+    # The name of the first entry follows the 110-byte header.
+    assert data[110:115] == b"init\0"
+
+
+@pytest.mark.skipif(find_qemu() is None, reason="qemu-system-x86_64 is not installed")
+async def test_qemu_that_cannot_start_raises_vm_died_error_with_its_message(tmp_path: Path) -> None:
+    config = _config(tmp_path, boot_timeout=30, accel=AccelChoice("tcg", "test"))
+    with pytest.raises(VMDiedError) as caught:
+        async with open_vm(config):
+            pass  # pragma: no cover - never reached
+    assert caught.value.returncode not in (None, 0)
+    assert "qemu said" in str(caught.value)
