@@ -1,0 +1,55 @@
+"""``BatchOptions``: how a batch runs (pool size, sessions per guest, the shared model bound)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..api import RunOptions
+from ..isolation import GuestOptions, Isolation
+
+__all__ = ["BatchOptions"]
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """Everything that shapes a batch; ``run`` shapes each task's run (tasks may override parts).
+
+    With the ``local`` engine the pool is ``workers`` guests on this machine; with ``ray`` it is
+    ``workers`` Ray actors, each owning one guest, wherever the cluster places them.
+    """
+
+    run: RunOptions = field(default_factory=RunOptions)
+    #: Guests (VMs) in the pool; each is one worker.
+    workers: int = 2
+    #: Tasks one guest serves at once, each in its own sessions.
+    sessions_per_worker: int = 4
+    #: Model requests in flight at once across the whole pool (local engine), or across each
+    #: Ray actor's share of it (ray: this divided among the actors, at least 1 each).
+    model_requests: int = 8
+    #: Retries of a task whose guest died under it (each alone, on a fresh guest of its own).
+    retries: int = 1
+    engine: Literal["local", "ray"] = "local"
+    #: ``None``: start a local Ray instance (``ray.init()``); else the cluster's address.
+    ray_address: str | None = None
+    #: CPUs a Ray actor asks for (what the scheduler counts when placing it).
+    ray_actor_cpus: float = 1.0
+    #: Where each task's trajectory goes (``<dir>/<id>.jsonl``); ``None``: the default place.
+    trajectory_dir: Path | None = None
+    #: Where relative ``file`` paths of tasks are found (the tasks file's folder).
+    base_dir: Path = Path(".")
+    #: The scorer of tasks with ``expected``: ``exact``, ``normalised`` or ``module:function``.
+    scorer: str = "normalised"
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.sessions_per_worker < 1 or self.model_requests < 1:
+            raise ValueError("workers, sessions_per_worker and model_requests must be at least 1")
+        if self.retries < 0:
+            raise ValueError("retries cannot be negative")
+
+    def guest_options(self) -> GuestOptions:
+        """How each worker starts its guest."""
+        return GuestOptions(
+            isolation=Isolation(self.run.isolation), memory_mb=self.run.memory_mb, network=self.run.network
+        )
