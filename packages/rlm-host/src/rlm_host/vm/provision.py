@@ -12,6 +12,7 @@ host and guest always run the same protocol code.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -24,9 +25,34 @@ from .image import GuestImage
 from .qemu import VMConfig, _set_pdeathsig, qemu_command
 from .wheelhouse import Wheelhouse
 
-__all__ = ["agent_disk_path", "ensure_agent_disk"]
+__all__ = ["agent_disk_path", "ensure_agent_disk", "prune_agent_disks"]
 
 _PROVISION_TIMEOUT = 900.0
+#: Agent disks (and their snapshots, ~100 MB each) kept per image: every change to the guest
+#: code makes a new one, and a test run may still be using the previous few.
+KEEP_AGENT_DISKS = 3
+
+
+def prune_agent_disks(image: GuestImage, keep: int = KEEP_AGENT_DISKS) -> list[Path]:
+    """Delete all but the ``keep`` newest agent disks of ``image`` and their snapshots.
+
+    Safe while VMs run: QEMU holds its files open, and unlinking an open file on Linux
+    only removes the name. Returns what was removed.
+    """
+    agent_dir = image.path / "agent"
+    if not agent_dir.is_dir():
+        return []
+    disks = sorted(agent_dir.glob("*.qcow2"), key=lambda p: p.stat().st_mtime, reverse=True)
+    removed: list[Path] = []
+    for disk in disks[keep:]:
+        if ".tmp-" in disk.name:
+            continue
+        disk.unlink(missing_ok=True)
+        removed.append(disk)
+        for snapshot in (image.path / "snapshots").glob(f"{disk.stem}-*"):
+            shutil.rmtree(snapshot, ignore_errors=True)
+            removed.append(snapshot)
+    return removed
 
 
 def agent_disk_path(image: GuestImage, wheelhouse: Wheelhouse) -> Path:
@@ -81,4 +107,5 @@ def ensure_agent_disk(image: GuestImage, wheelhouse: Wheelhouse, *, log: Path | 
         tmp.rename(target)
     finally:
         tmp.unlink(missing_ok=True)
+    prune_agent_disks(image)
     return target

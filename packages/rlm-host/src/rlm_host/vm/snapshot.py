@@ -55,7 +55,9 @@ def snapshot_path(config: VMConfig) -> Path:
          config.extra_kernel_args, config.guest_entry],
     )
     key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
-    return config.disk.parent.parent / "snapshots" / key / "state"
+    # Prefixed with the agent disk's name (the wheelhouse hash), so that pruning old agent
+    # disks can take their snapshots along.
+    return config.disk.parent.parent / "snapshots" / f"{config.disk.stem}-{key}" / "state"
 
 
 class _QMP:
