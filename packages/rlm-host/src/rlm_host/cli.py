@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 import trio
 import typer
 
+from .cli_batch import batch
+from .cli_chat import chat
 from .cli_conformance import conformance
 from .cli_run import run
 from .cli_view import view
@@ -87,6 +89,8 @@ async def _exec(code: str, language: str, options: GuestOptions, timeout: float 
 
 app.command("run")(run)
 app.command("view")(view)
+app.command("chat")(chat)
+app.command("batch")(batch)
 app.command(
     "conformance", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
 )(conformance)
