@@ -16,7 +16,7 @@ def script(request: ChatRequest) -> str:
     if request.is_leaf:
         assert request.last_user.startswith("You are compacting")
         return SUMMARY
-    if "[SUMMARY OF EARLIER TURNS]" in request.first_user:
+    if "summary_of_earlier_turns" in request.first_user:
         assert SUMMARY in request.first_user
         return fence('Final = {"history": len(history), "x1": len(x1), "first": history[1]["role"]}')
     step = request.turn + 1

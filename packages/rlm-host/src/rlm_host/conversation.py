@@ -21,7 +21,7 @@ import msgspec
 from .api import RunOptions, RunResult, _Run, open_engine
 from .connection import GuestConnection
 from .engine import RootRlm, query_task
-from .engine.prompts import answer_type_note, question_message
+from .engine.prompts import question_message
 from .trajectory import Question
 
 __all__ = ["Conversation"]
@@ -89,8 +89,7 @@ class Conversation:
             self._run.recorder.emit(
                 Question(ts=time.time(), rlm="0", depth=0, turn=turn, question=question, variable=variable)
             )
-            message = question_message(question, variable, context)
-            if answer_type is not None:
-                message += "\n\n" + answer_type_note(msgspec.json.schema(answer_type))
+            schema = None if answer_type is None else msgspec.json.schema(answer_type)
+            message = question_message(question, variable, context, schema)
             outcome = await engine.ask(self._root, message, answer_type=answer_type)
         return self._run.result(outcome)

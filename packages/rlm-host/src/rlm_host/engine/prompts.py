@@ -105,22 +105,27 @@ def _plain(value: Any) -> Any:
     return msgspec.to_builtins(value)
 
 
-def metadata_message(prompt: str) -> str:
-    """The first user message: metadata of ``prompt`` (1600-char prefix), never the prompt."""
-    return json.dumps(
-        {
-            "state_metadata": {
-                "prompt_type": "str",
-                "prompt": _plain(text_metadata(prompt, PROMPT_PREFIX_CHARS)),
-            },
-            "instructions": (
-                "The full prompt is in the isolated REPL variable `prompt`, as a Python str. "
-                "Write Python to inspect it, recurse with rlm_query when useful, "
-                "build intermediate variables, and set `Final`."
-            ),
+def metadata_message(prompt: str, answer_schema: Any = None) -> str:
+    """The first user message: metadata of ``prompt`` (1600-char prefix), never the prompt.
+
+    With ``answer_schema`` (the JSON Schema of a typed answer), the message says what shape
+    ``Final`` must have.
+    """
+    data: dict[str, Any] = {
+        "state_metadata": {
+            "prompt_type": "str",
+            "prompt": _plain(text_metadata(prompt, PROMPT_PREFIX_CHARS)),
         },
-        indent=2,
-    )
+        "instructions": (
+            "The full prompt is in the isolated REPL variable `prompt`, as a Python str. "
+            "Write Python to inspect it, recurse with rlm_query when useful, "
+            "build intermediate variables, and set `Final`."
+        ),
+    }
+    if answer_schema is not None:
+        data["answer_schema"] = answer_schema
+        data["answer_instructions"] = answer_type_note()
+    return json.dumps(data, indent=2)
 
 
 def _final_problem(final: FinalValue) -> str:
@@ -196,11 +201,11 @@ def query_task(query: str, context: str | None) -> str:
 """
 
 
-def answer_type_note(schema: Any) -> str:
-    """Appended to the first message when the embedder asked for a typed answer."""
+def answer_type_note() -> str:
+    """What a message with an ``answer_schema`` says about it."""
     return (
-        "`Final` must be JSON matching this JSON Schema (it is checked on the host, and a "
-        "mismatch comes back as an observation):\n" + json.dumps(schema)
+        "`Final` must be JSON matching `answer_schema` (a JSON Schema); it is checked on the "
+        "host, and a mismatch comes back as an observation."
     )
 
 
@@ -237,17 +242,35 @@ def compaction_prompt(previous_summary: str, turns: Sequence[dict[str, str]], ma
 
 
 def compacted_message(first_message: str, summary: str, messages: int) -> str:
-    """The first user message after a compaction: the original one, then the summary."""
-    return (
-        f"{first_message}\n\nEarlier turns were summarised to fit the model's context; the full "
-        f"history ({messages} messages, as dicts with `role` and `content`) is in the REPL "
-        f"variable `history`.\n[SUMMARY OF EARLIER TURNS]\n{summary}\n[END SUMMARY]"
+    """The first user message after a compaction: the original one, with the summary added.
+
+    The first message is JSON (``metadata_message``), so the summary is added as two keys and
+    the message stays JSON.
+    """
+    note = (
+        "Earlier turns were summarised to fit the model's context; the full history "
+        f"({messages} messages, as dicts with `role` and `content`) is in the REPL variable "
+        "`history`."
     )
+    try:
+        data = json.loads(first_message)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        return f"{first_message}\n\n{note}\n[SUMMARY OF EARLIER TURNS]\n{summary}\n[END SUMMARY]"
+    data["earlier_turns"] = note
+    data["summary_of_earlier_turns"] = summary
+    return json.dumps(data, indent=2)
 
 
-def question_message(question: str, variable: str | None, context: str | None) -> str:
+def question_message(
+    question: str, variable: str | None, context: str | None, answer_schema: Any = None
+) -> str:
     """A new question of a conversation, with the metadata of its context variable."""
     data: dict[str, Any] = {"question": question}
+    if answer_schema is not None:
+        data["answer_schema"] = answer_schema
+        data["answer_instructions"] = answer_type_note()
     if variable is not None and context is not None:
         data["new_variable"] = {
             "name": variable,

@@ -58,7 +58,6 @@ from .prompts import (
     DEFAULT_TOOLS,
     NO_BLOCK_REPROMPT,
     answer_mismatch_message,
-    answer_type_note,
     compacted_message,
     compaction_prompt,
     metadata_message,
@@ -281,9 +280,7 @@ class RlmEngine:
         session = await self.connection.open_session(
             handler=handler or self._host_call_handler(rlm, depth, max_steps, model, tools)
         )
-        first = metadata_message(prompt)
-        if answer_type is not None:
-            first += "\n\n" + answer_type_note(msgspec.json.schema(answer_type))
+        first = metadata_message(prompt, None if answer_type is None else msgspec.json.schema(answer_type))
         state = RootRlm(
             id=rlm,
             depth=depth,
