@@ -455,7 +455,7 @@ async def open_run(
 
         async with open_run(text, options=options) as run:
             async for event in run:
-                print(event.event if hasattr(event, "event") else type(event).__name__)
+                print(type(event).__name__)
         print(run.result.answer)
 
     Leaving the block waits for the run to end (``run.cancel()`` stops it first); an error that
