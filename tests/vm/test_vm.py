@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import trio
 
 from rlm_host.connection import GuestConnection
+from rlm_host.errors import GuestDiedError
 from rlm_host.vm import VMConfig, VMDiedError, find_image, open_vm
 from rlm_host.vm.connect import prepare_vm_config
 
@@ -118,3 +120,22 @@ async def test_network_flag_gives_user_mode_nat() -> None:
     assert lines[0] == "['eth0', 'lo']", result
     assert lines[1] == "hello from host"
     assert accepted
+
+
+async def test_qemu_killed_during_a_block_fails_the_call_quickly(vm_config: VMConfig) -> None:
+    # With a connection and a running block, the caller must get a GuestDiedError (a
+    # VMDiedError is one) within a second, not hang on the dead channel.
+    killed_at: list[float] = []
+
+    def kill(pid: int) -> None:
+        os.kill(pid, signal.SIGKILL)
+        killed_at.append(time.monotonic())
+
+    with trio.fail_after(300):
+        with pytest.raises(GuestDiedError):
+            async with open_vm(vm_config) as vm, GuestConnection.open(vm.stream, death_detail=vm.death_detail) as conn:
+                async with await conn.open_session() as session:
+                    # A timer thread, not a task: the block must be running when QEMU dies.
+                    threading.Timer(1.0, kill, (vm.pid,)).start()
+                    await session.exec("import time; time.sleep(60)")
+    assert killed_at and time.monotonic() - killed_at[0] < 1.0

@@ -86,6 +86,22 @@ def _run(cmd: list[str], reporter: BuildReporter, *, what: str, fix: str) -> Non
         raise ImageBuildError(f"{what} failed (exit {proc.returncode}). Fix: {fix}\n" + "\n".join(tail))
 
 
+def _privilege_prefix() -> list[str]:
+    """``[]`` as root, ``["sudo", "-n"]`` if passwordless sudo works, else an error.
+
+    Why root: the tree must hold root-owned files (setuid bits, /etc/shadow) exactly as
+    dpkg made them, and ``mke2fs -d`` must be able to read all of them.
+    """
+    if os.geteuid() == 0:
+        return []
+    if shutil.which("sudo") and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0:
+        return ["sudo", "-n"]
+    raise ImageBuildError(
+        "building the debian image needs root (mmdebstrap and mke2fs run as root). "
+        "Fix: sudo -E env PATH=\"$PATH\" rlm image build   (or allow passwordless sudo)"
+    )
+
+
 def _dpkg_versions(rootfs: Path) -> dict[str, str]:
     versions: dict[str, str] = {}
     status = (rootfs / "var/lib/dpkg/status").read_text(errors="replace")
@@ -146,9 +162,9 @@ class DebianRecipe:
     def _mmdebstrap_command(self, work: Path) -> list[str]:
         rootfs = work / _ROOTFS_DIR
         kernel = work / _KERNEL_DIR
-        # Root mode needs real root (we are, here and in CI); unshare mode needs
-        # unprivileged user namespaces and newuidmap.
-        mode = "root" if os.geteuid() == 0 else "unshare"
+        # Root mode: the hooks chroot into the tree. Non-root users go through sudo
+        # (see _privilege_prefix), so mmdebstrap always runs as root.
+        mode = "root"
         download_kernel = (
             'chroot "$1" sh -c \'cd /tmp && apt-get download -q '
             '"$(apt-cache depends linux-image-amd64 | sed -n "s/.*Depends: \\(linux-image-[0-9].*\\)/\\1/p" | head -n1)"\''
@@ -186,21 +202,21 @@ class DebianRecipe:
     def build(self, work: Path, reporter: BuildReporter) -> RecipeOutput:
         """Bootstrap, trim, extract kernel and initramfs, then pack the root as ext4."""
         rootfs = work / _ROOTFS_DIR
-        reporter.step(f"bootstrapping Debian {SUITE} with mmdebstrap")
+        sudo = _privilege_prefix()
+        reporter.step(f"bootstrapping Debian {SUITE} with mmdebstrap" + (" (through sudo)" if sudo else ""))
         _run(
-            self._mmdebstrap_command(work),
+            [*sudo, *self._mmdebstrap_command(work)],
             reporter,
             what="mmdebstrap",
             fix="run scripts/setup-system.sh (installs mmdebstrap) and check that apt can reach the Debian mirror",
         )
         reporter.step("trimming the root filesystem")
+        trim = [str(rootfs / rel) + "/" for rel in _TRIM_PATHS] + [str(p) for p in rootfs.glob("usr/lib/python3*/test")]
+        _run([*sudo, "sh", "-c", 'for d in "$@"; do rm -rf "$d"; done', "trim", *trim], reporter,
+             what="trimming", fix="check permissions of the cache directory")
         for rel in _TRIM_PATHS:
-            target = rootfs / rel
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-                target.mkdir()
-        for tests in rootfs.glob("usr/lib/python3*/test"):
-            shutil.rmtree(tests, ignore_errors=True)
+            if not (rootfs / rel).exists():
+                _run([*sudo, "mkdir", "-p", str(rootfs / rel)], reporter, what="trimming", fix="")
 
         reporter.step("extracting the kernel for PVH boot")
         kernel_root = work / _KERNEL_DIR
@@ -213,7 +229,7 @@ class DebianRecipe:
         reporter.step("building the initramfs")
         modules_root = kernel_root / "lib/modules" / release
         modules = build_initramfs(busybox=rootfs / "bin/busybox", modules_root=modules_root, target=work / INITRAMFS_NAME)
-        shutil.rmtree(kernel_root)
+        _run([*sudo, "rm", "-rf", str(kernel_root)], reporter, what="cleaning up", fix="")
 
         reporter.step("packing the root filesystem as ext4")
         packages = _dpkg_versions(rootfs)
@@ -222,12 +238,15 @@ class DebianRecipe:
         # provisioning time writes into it.
         size_mb = max(1024, int(_tree_bytes(rootfs) * 1.4) // 2**20 + 256)
         _run(
-            ["mke2fs", "-q", "-F", "-t", "ext4", "-O", "^has_journal", "-L", "rlmroot", "-d", str(rootfs), str(work / ROOTFS_NAME), f"{size_mb}M"],
+            [*sudo, "mke2fs", "-q", "-F", "-t", "ext4", "-O", "^has_journal", "-L", "rlmroot", "-d", str(rootfs), str(work / ROOTFS_NAME), f"{size_mb}M"],
             reporter,
             what="mke2fs",
             fix="install e2fsprogs >= 1.43 (mke2fs -d), e.g. run scripts/setup-system.sh",
         )
-        shutil.rmtree(rootfs)
+        _run([*sudo, "rm", "-rf", str(rootfs)], reporter, what="cleaning up", fix="")
+        if sudo:
+            # Files written by root through sudo: hand them to the user who owns the cache.
+            _run([*sudo, "chown", f"{os.getuid()}:{os.getgid()}", str(work / ROOTFS_NAME)], reporter, what="chown", fix="")
         wanted = {"python3", "python3-pip", "ripgrep", "jq", "fd-find", "file", "tree", "sqlite3", "git", "poppler-utils", "busybox-static", "coreutils", "findutils", "diffutils", "tar", "unzip", "gzip"}
         return RecipeOutput(
             distribution=f"debian {SUITE}",

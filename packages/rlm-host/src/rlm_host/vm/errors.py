@@ -6,6 +6,8 @@ one type at the boundary (the CLI prints it, the engine turns it into a failed r
 
 from __future__ import annotations
 
+from ..errors import GuestDiedError, RlmError
+
 __all__ = [
     "BootTimeoutError",
     "ImageBuildError",
@@ -15,8 +17,8 @@ __all__ = [
 ]
 
 
-class VMError(Exception):
-    """Base class of every error raised by :mod:`rlm_host.vm`."""
+class VMError(RlmError):
+    """Base class of every error raised by :mod:`rlm_host.vm` (an ``RlmError``)."""
 
 
 class ImageBuildError(VMError):
@@ -27,9 +29,10 @@ class ImageNotFoundError(VMError):
     """No built guest image is in the cache; ``rlm image build`` makes one."""
 
 
-class VMDiedError(VMError):
+class VMDiedError(VMError, GuestDiedError):
     """QEMU exited (or was killed) while the VM was in use.
 
+    Also a :class:`~rlm_host.errors.GuestDiedError`: to a caller, a dead VM is a dead guest.
     ``returncode`` is QEMU's exit status (negative: killed by that signal) and
     ``console_tail`` the last lines of the guest console, which usually say why.
     """
@@ -37,10 +40,8 @@ class VMDiedError(VMError):
     def __init__(self, message: str, *, returncode: int | None, console_tail: str) -> None:
         self.returncode = returncode
         self.console_tail = console_tail
-        detail = f"{message} (qemu exit status {returncode})"
-        if console_tail:
-            detail += "\n--- guest console (tail) ---\n" + console_tail
-        super().__init__(detail)
+        detail = "--- guest console (tail) ---\n" + console_tail if console_tail else ""
+        GuestDiedError.__init__(self, f"{message} (qemu exit status {returncode})", detail)
 
 
 class BootTimeoutError(VMError):
