@@ -84,10 +84,19 @@ async def test_restored_guests_do_not_share_randomness(vm_config: VMConfig) -> N
         with trio.fail_after(300):
             async with open_vm(vm_config) as vm, GuestConnection.open(vm.stream, death_detail=vm.death_detail) as conn:
                 async with await conn.open_session() as session:
-                    result = await session.exec("import os; print(os.urandom(16).hex())")
+                    result = await session.exec("import os, random; print(os.urandom(16).hex(), random.random())")
                 samples.append(result.stdout.text.strip())
-    assert len(samples[0]) == 32
-    assert samples[0] != samples[1]
+    urandom = [s.split()[0] for s in samples]
+    pyrandom = [s.split()[1] for s in samples]
+    assert len(urandom[0]) == 32
+    assert urandom[0] != urandom[1]
+    assert pyrandom[0] != pyrandom[1]
+
+
+async def test_guest_clock_follows_the_host_after_a_restore(shared_vm: SharedVM) -> None:
+    # The snapshot may be hours old; rlm-agent-start sets the clock from the RTC.
+    result = await run_block(shared_vm, "import time; print(time.time())")
+    assert abs(float(result.stdout.text) - time.time()) < 5
 
 
 async def test_network_flag_gives_user_mode_nat() -> None:
