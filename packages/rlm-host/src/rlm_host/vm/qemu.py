@@ -167,6 +167,21 @@ def qemu_command(config: VMConfig, *, qemu: str, accel: AccelChoice, run_dir: Pa
     return cmd
 
 
+_RUN_DIR_PREFIX = "rlm-vm-"
+
+
+def _sweep_run_dirs() -> None:
+    # A host killed with SIGKILL takes QEMU along (PDEATHSIG) but cannot remove its run
+    # directory; remove those whose owner process is gone.
+    for path in Path(tempfile.gettempdir()).glob(_RUN_DIR_PREFIX + "*"):
+        try:
+            owner = int((path / "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue
+        if not Path(f"/proc/{owner}").exists():
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def _set_pdeathsig() -> None:
     # Runs in the child between fork and exec: ask the kernel to SIGKILL QEMU when the
     # thread that forked it (our main thread) dies. PR_SET_PDEATHSIG = 1.
@@ -408,8 +423,10 @@ async def open_vm(config: VMConfig) -> AsyncIterator[VM]:
     if qemu is None:
         raise VMError("qemu-system-x86_64 not found. Fix: sudo scripts/setup-system.sh (apt-get install qemu-system-x86)")
     accel = config.accel if config.accel is not None else await trio.to_thread.run_sync(probe_accel)
+    _sweep_run_dirs()
     # Short private directory: unix socket paths are limited to 107 bytes.
-    run_dir = Path(tempfile.mkdtemp(prefix="rlm-vm-"))
+    run_dir = Path(tempfile.mkdtemp(prefix=_RUN_DIR_PREFIX))
+    (run_dir / "owner.pid").write_text(str(os.getpid()))
     console = config.console_log or run_dir / "console.log"
     console.touch()
     command = qemu_command(config, qemu=qemu, accel=accel, run_dir=run_dir, console=console)
