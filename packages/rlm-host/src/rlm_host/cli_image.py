@@ -182,6 +182,11 @@ def _checks() -> list[_Check]:
             present = (share_dir() / "wheelhouse" / agent_hash).is_dir() and any((image.path / "agent").glob(f"{agent_hash}.qcow2"))
             checks.append(_Check("agent", present, f"agent {agent_hash} " + ("installed" if present else "not installed for the current sources"),
                                  "uv run rlm image build   (or just run: the first VM start installs it)"))
+            if present:
+                snapshots = list((image.path / "snapshots").glob(f"{agent_hash}-*/state"))
+                # Not a failure: without a snapshot VMs cold-boot (slower) or make one on first use.
+                checks.append(_Check("snapshot", True, f"{len(snapshots)} saved VM state(s) for this agent"
+                                     + ("" if snapshots else " (the first VM start makes one; or: uv run rlm image build)")))
         except VMError as exc:
             checks.append(_Check("agent", False, str(exc), "run from the rlm checkout"))
     url = _model_server_url()
