@@ -100,7 +100,7 @@ class AlpineRecipe:
         )
         if listing.returncode != 0:
             raise ImageBuildError(f"xorriso failed (install xorriso: scripts/setup-system.sh): {listing.stderr[-500:]}")
-        members = re.findall(r"'(/apks/[^']+apk-tools-static-[^']+\.apk)'", listing.stdout)
+        members = re.findall(r"'?(/apks/\S*apk-tools-static-[^'\s]+\.apk)'?", listing.stdout)
         if not members:
             raise ImageBuildError(f"{iso.name} has no apk-tools-static package")
         apk_file = work / "apk-tools-static.apk"

@@ -25,9 +25,13 @@ __all__ = ["GUEST_PACKAGES", "Wheelhouse", "ensure_wheelhouse", "find_workspace"
 
 #: Workspace packages installed into the guest (rlm-guest depends on rlm-protocol).
 GUEST_PACKAGES: tuple[str, ...] = ("rlm-protocol", "rlm-guest")
-# The guest's interpreter: Debian bookworm's CPython 3.11 on glibc 2.36, x86-64.
-_GUEST_PYTHON_VERSION = "3.11"
-_GUEST_PLATFORM = "manylinux2014_x86_64"
+# Guest interpreters that need a binary msgspec wheel: (python, platform, required).
+# Debian bookworm: CPython 3.11 on glibc. Alpine (the alpine recipe, best effort): CPython
+# 3.12 on musl; pip in the guest picks whichever wheel matches.
+_GUEST_TARGETS: tuple[tuple[str, str, bool], ...] = (
+    ("3.11", "manylinux2014_x86_64", True),
+    ("3.12", "musllinux_1_2_x86_64", False),
+)
 _COMPLETE_MARKER = ".complete"
 
 
@@ -74,7 +78,7 @@ def _package_dir(workspace: Path, name: str) -> Path:
 
 def wheelhouse_hash(workspace: Path) -> str:
     """Digest of the guest packages' sources and the msgspec version."""
-    digest = hashlib.sha256(f"msgspec=={_msgspec_version()}\n".encode())
+    digest = hashlib.sha256(f"msgspec=={_msgspec_version()} {_GUEST_TARGETS}\n".encode())
     for name in GUEST_PACKAGES:
         root = _package_dir(workspace, name)
         files = [root / "pyproject.toml", *sorted((root / "src").rglob("*"))]
@@ -96,25 +100,34 @@ def _build_wheel(workspace: Path, name: str, out: Path) -> None:
         raise ImageBuildError(f"building the {name} wheel failed:\n{result.stderr[-2000:]}")
 
 
+def _download_msgspec(version: str, python: str, platform: str, dest: Path) -> subprocess.CompletedProcess[str]:
+    cmd = [
+        sys.executable, "-m", "pip", "download", f"msgspec=={version}", "--no-deps",
+        "--only-binary=:all:", "--python-version", python, "--implementation", "cp",
+        "--platform", platform, "--dest", str(dest), "--disable-pip-version-check", "--quiet",
+    ]
+    if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode != 0 and shutil.which("uv"):
+        # uv-made virtualenvs have no pip; run pip from uv's tool cache instead.
+        cmd = ["uv", "tool", "run", "pip", *cmd[3:]]
+    return subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+
+
 def _msgspec_wheel(out: Path) -> None:
     version = _msgspec_version()
     cache = downloads_dir() / "wheels"
     cache.mkdir(parents=True, exist_ok=True)
-    pattern = f"msgspec-{version}-cp311-*manylinux*x86_64*.whl"
-    if not list(cache.glob(pattern)):
-        cmd = [
-            sys.executable, "-m", "pip", "download", f"msgspec=={version}", "--no-deps",
-            "--only-binary=:all:", "--python-version", _GUEST_PYTHON_VERSION, "--implementation", "cp",
-            "--platform", _GUEST_PLATFORM, "--dest", str(cache), "--disable-pip-version-check", "--quiet",
-        ]
-        if shutil.which("uv") and subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode != 0:
-            # uv-made virtualenvs have no pip; run pip from uv's tool cache instead.
-            cmd = ["uv", "tool", "run", "pip", *cmd[3:]]
-        result = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        if result.returncode != 0:
-            raise ImageBuildError(f"downloading msgspec {version} for the guest failed (is PyPI reachable?):\n{result.stderr[-2000:]}")
-    for wheel in cache.glob(pattern):
-        shutil.copy2(wheel, out / wheel.name)
+    for python, platform, required in _GUEST_TARGETS:
+        tag = "cp" + python.replace(".", "")
+        family = platform.split("_")[0].rstrip("0123456789")  # manylinux / musllinux
+        pattern = f"msgspec-{version}-{tag}-*{family}*x86_64*.whl"
+        if not list(cache.glob(pattern)):
+            result = _download_msgspec(version, python, platform, cache)
+            if result.returncode != 0 and required:
+                raise ImageBuildError(
+                    f"downloading msgspec {version} for the guest ({tag}, {platform}) failed (is PyPI reachable?):\n{result.stderr[-2000:]}"
+                )
+        for wheel in cache.glob(pattern):
+            shutil.copy2(wheel, out / wheel.name)
 
 
 def ensure_wheelhouse(workspace: Path | None = None) -> Wheelhouse:
