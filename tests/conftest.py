@@ -3,3 +3,6 @@
 Its presence makes pytest put ``tests/`` on ``sys.path`` (rootdir conftest, prepend import mode),
 so test modules in subfolders can ``import scripted_model``.
 """
+
+#: The VM fixtures (one shared VM per test session), for every folder that boots a VM.
+pytest_plugins = ["vm_plugin"]

@@ -1,6 +1,6 @@
-"""The shared-VM harness of tests/vm (see conftest.py for the fixtures).
+"""The shared-VM harness of the VM tests (see vm_plugin.py for the fixtures).
 
-One real VM per test session, shared by the tests in this folder.
+One real VM per test session, shared by the tests of every folder.
 
 pytest-trio runs every test in its own ``trio.run``, so a session-wide VM cannot live in an
 async fixture. Instead a thread runs its own trio loop that owns the VM and its
