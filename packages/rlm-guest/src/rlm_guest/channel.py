@@ -77,14 +77,12 @@ class DeviceChannel(Channel):
 
     def wait_connected(self) -> None:
         poller = select.poll()
-        poller.register(self.read_fd, select.POLLIN | select.POLLHUP)
+        # virtio_console reports POLLOUT once a host is connected and POLLHUP while none is;
+        # without POLLOUT in the mask, a connected but silent host is only noticed by timeout.
+        poller.register(self.read_fd, select.POLLIN | select.POLLOUT | select.POLLHUP)
         while True:
             events = poller.poll(1000)
             if events and not any(mask & select.POLLHUP for _, mask in events):
-                return
-            if not events:
-                # No event in a second: connected but idle (virtio-serial reports no POLLOUT
-                # here), so the host is there.
                 return
             # Host not connected yet: POLLHUP is level-triggered, so back off instead of spinning.
             time.sleep(0.01)

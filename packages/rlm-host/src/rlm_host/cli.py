@@ -12,6 +12,7 @@ import typer
 from .cli_batch import batch
 from .cli_chat import chat
 from .cli_conformance import conformance
+from .cli_image import doctor, image_app
 from .cli_run import run
 from .cli_view import view
 from .errors import RlmError
@@ -90,6 +91,8 @@ async def _exec(code: str, language: str, options: GuestOptions, timeout: float 
 app.command("run")(run)
 app.command("view")(view)
 app.command("chat")(chat)
+app.add_typer(image_app, name="image")
+app.command("doctor")(doctor)
 app.command("batch")(batch)
 app.command(
     "conformance", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
