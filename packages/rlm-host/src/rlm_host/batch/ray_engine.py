@@ -119,6 +119,10 @@ class _Dispatcher:
         self.lost: set[str] = set()
 
     def run(self) -> None:
+        # Workers run this interpreter, with rlm-host installed on every node. Ray's default
+        # under ``uv run`` would instead start each worker with ``uv run`` in a copy of the
+        # driver's folder, which takes minutes per worker; it is read when Ray is imported.
+        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
         import ray
 
         options = self.options
@@ -216,7 +220,10 @@ async def run_ray(
     ``RayTaskError``). Cancellation stops dispatching; the actors are stopped in the background.
     """
     try:
-        import ray  # noqa: F401
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise ImportError("no module named 'ray'")
     except ImportError as error:
         raise ImportError("the ray engine needs Ray: pip install 'rlm-host[ray]'") from error
     token = trio.lowlevel.current_trio_token()

@@ -1,0 +1,85 @@
+"""``rlm batch`` as a user runs it: a subprocess, killed midway and resumed; the Ray engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from batch_harness import KILLER, LOOPER, read_lines, script, write_tasks
+from scripted_model import ScriptedModel
+
+#: The lead mounts ``batch`` in ``rlm_host.cli``; the test mounts it itself.
+BATCH_APP = (
+    "import typer; from rlm_host.cli_batch import batch; "
+    "app = typer.Typer(); app.command()(batch); app()"
+)
+
+
+def batch_command(tasks: Path, results: Path, url: str, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-c", BATCH_APP, str(tasks), "-o", str(results),
+        "--llm-url", url, "--model", "m", "--llm-retries", "1", *extra,
+    ]
+
+
+async def wait_for_lines(path: Path, count: int) -> None:
+    """Until ``path`` has ``count`` complete lines (polling a file the subprocess writes)."""
+    while not path.exists() or path.read_bytes().count(b"\n") < count:
+        await trio.sleep(0.05)
+
+
+async def kill_midway_and_resume(tmp_path: Path, isolation: str) -> list[dict[str, object]]:
+    tasks, results = tmp_path / "tasks.jsonl", tmp_path / "results.jsonl"
+    write_tasks(tasks, count=24)
+    with ScriptedModel(script, latency=0.2) as server:
+        command = batch_command(tasks, results, server.url, "--isolation", isolation, "--workers", "2")
+        process = await trio.lowlevel.open_process(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with trio.fail_after(600):
+            await wait_for_lines(results, 5)
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+        first = read_lines(results)
+        assert 5 <= len(first) < 24
+        # Without --resume the results file is not overwritten.
+        refused = await trio.run_process(command, check=False, capture_stderr=True)
+        assert refused.returncode == 2 and b"--resume" in refused.stderr
+        done = await trio.run_process([*command, "--resume"], capture_stdout=True, capture_stderr=True, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    summary = json.loads(done.stdout)
+    lines = read_lines(results)
+    ids = [line["id"] for line in lines]
+    assert len(ids) == len(set(ids)) == 24
+    assert summary["skipped"] == len(first) and summary["tasks"] == 24 - len(first)
+    return lines
+
+
+async def test_killed_batch_resumes_every_id_exactly_once_local(tmp_path: Path) -> None:
+    lines = await kill_midway_and_resume(tmp_path, "local")
+    by_id = {line["id"]: line for line in lines}
+    assert by_id[KILLER]["status"] == "error" and by_id[LOOPER]["status"] == "budget_stop"
+    assert sum(line["status"] == "ok" for line in lines) == 22
+
+
+@pytest.mark.vm
+async def test_killed_batch_resumes_every_id_exactly_once_vm(tmp_path: Path, vm_image: None) -> None:
+    lines = await kill_midway_and_resume(tmp_path, "vm")
+    by_id = {line["id"]: line for line in lines}
+    assert by_id[KILLER]["status"] == "error" and by_id[LOOPER]["status"] == "budget_stop"
+    assert sum(line["status"] == "ok" for line in lines) == 22
+
+
+async def test_bad_tasks_file_exits_2(tmp_path: Path) -> None:
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"id": 1, "text": "a", "file": "b"}\n')
+    done = await trio.run_process(
+        batch_command(tasks, tmp_path / "r.jsonl", "http://127.0.0.1:9", "--isolation", "local"),
+        check=False, capture_stderr=True,
+    )
+    assert done.returncode == 2 and b"exactly one" in done.stderr
