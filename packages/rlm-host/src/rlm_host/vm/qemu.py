@@ -91,6 +91,13 @@ class VMConfig:
     snapshot_compatible: bool = False
     #: A state file written by :func:`.snapshot.ensure_snapshot` to resume instead of booting.
     restore_from: Path | None = None
+    #: Extra virtio-serial ports (names), each on a unix socket ``<run_dir>/<name>.sock`` that
+    #: :meth:`VM.extra_socket` gives: raw channels beside the agent's (the benchmarks' echo).
+    extra_ports: tuple[str, ...] = ()
+    #: Add a second emulated 16550 UART (the guest's ``/dev/ttyS1``; needs the kernel argument
+    #: ``8250.nr_uarts=2``) on the unix socket ``<run_dir>/uart1.sock``: the seed's channel,
+    #: for the benchmarks' baseline.
+    extra_uart: bool = False
 
 
 @dataclass
@@ -151,6 +158,16 @@ def qemu_command(config: VMConfig, *, qemu: str, accel: AccelChoice, run_dir: Pa
         "-device", "virtio-serial-pci",
         "-device", f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}",
     ]
+    for index, name in enumerate(config.extra_ports):
+        cmd += [
+            "-chardev", f"socket,id=extra{index},path={run_dir / (name + '.sock')},server=on,wait=off",
+            "-device", f"virtserialport,chardev=extra{index},name={name}",
+        ]
+    if config.extra_uart:
+        cmd += [
+            "-chardev", f"socket,id=uart1,path={run_dir / 'uart1.sock'},server=on,wait=off",
+            "-device", "isa-serial,chardev=uart1",
+        ]
     if config.snapshot_compatible or config.restore_from is not None:
         # A new VM generation id at every QEMU start makes the guest kernel reseed its RNG
         # after a restore, so restored guests do not share random state (DESIGN.md).
@@ -217,6 +234,10 @@ class VM:
         if self._stream is None:
             raise VMError("the VM's agent stream is not connected yet")
         return self._stream
+
+    def extra_socket(self, name: str) -> Path:
+        """The unix socket of an extra channel: a name of ``VMConfig.extra_ports`` or ``uart1``."""
+        return self.run_dir / f"{name}.sock"
 
     @property
     def returncode(self) -> int | None:

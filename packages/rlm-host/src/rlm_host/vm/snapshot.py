@@ -52,7 +52,9 @@ def snapshot_path(config: VMConfig) -> Path:
     key_source = json.dumps(
         [str(config.kernel), str(config.initramfs), str(config.disk), config.memory_mb, config.cpus,
          config.network, config.share is not None, accel.name, qemu, stat.st_mtime_ns if stat else 0,
-         config.extra_kernel_args, config.guest_entry],
+         config.extra_kernel_args, config.guest_entry]
+        # Extra devices change the machine; only added when present, so existing keys hold.
+        + ([list(config.extra_ports), config.extra_uart] if config.extra_ports or config.extra_uart else []),
     )
     key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
     # Prefixed with the agent disk's name (the wheelhouse hash), so that pruning old agent
