@@ -83,3 +83,19 @@ async def test_bad_tasks_file_exits_2(tmp_path: Path) -> None:
         check=False, capture_stderr=True,
     )
     assert done.returncode == 2 and b"exactly one" in done.stderr
+
+
+def test_batch_takes_the_model_and_budget_options_of_run() -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from rlm_host.cli_batch import SHARED_RUN_OPTIONS, _run_options, batch
+
+    app = typer.Typer()
+    app.command()(batch)
+    shown = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"}).output
+    for option in ("--model", "--llm-url", "--max-steps", "--max-tokens", "--isolation", "--workers", "--resume"):
+        assert option in shown
+    assert "max_steps" in SHARED_RUN_OPTIONS
+    options = _run_options({"max_steps": 5, "model": "m", "not_a_run_option": 1})
+    assert (options.max_steps, options.model) == (5, "m")
