@@ -50,6 +50,11 @@ _envelope_decoder: Final = msgspec.msgpack.Decoder(Envelope)
 _kind_decoder: Final = msgspec.msgpack.Decoder(_Kind)
 
 
+#: What msgspec raises on hostile bytes: ``DecodeError``, and ``UnicodeDecodeError`` for a
+#: string that is not UTF-8 (found by the fuzz in tests/security/test_hostile_frames.py).
+_DECODE_ERRORS: Final = (msgspec.DecodeError, UnicodeDecodeError)
+
+
 def decode_envelope(frame: bytes | memoryview) -> Envelope:
     """Routing fields of a framed message (length prefix included), as ``feed_raw`` returns it.
 
@@ -60,8 +65,10 @@ def decode_envelope(frame: bytes | memoryview) -> Envelope:
     """
     try:
         return _envelope_decoder.decode(memoryview(frame)[HEADER_BYTES:])
-    except msgspec.DecodeError as error:
+    except _DECODE_ERRORS as error:
         raise RemoteProtocolError(f"malformed frame: {error}") from error
+
+
 _known_kinds: Final = frozenset(
     t.__struct_config__.tag for t in AnyFrame.__args__  # type: ignore[attr-defined]
 )
@@ -80,10 +87,10 @@ def decode_body(body: bytes | memoryview) -> Frame | UnknownFrame:
     try:
         frame: Frame = _body_decoder.decode(body)
         return frame
-    except msgspec.DecodeError as error:
+    except _DECODE_ERRORS as error:
         try:
             envelope = _kind_decoder.decode(body)
-        except msgspec.DecodeError:
+        except _DECODE_ERRORS:
             raise RemoteProtocolError(f"malformed frame: {error}") from error
         if envelope.kind not in _known_kinds:
             return UnknownFrame(kind=envelope.kind)
