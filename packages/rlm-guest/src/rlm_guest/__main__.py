@@ -11,6 +11,16 @@ from .agent import DEFAULT_LIMITS, Agent
 from .channel import Channel, DeviceChannel, StdioChannel
 
 
+def _protect_from_oom() -> None:
+    # In a VM the agent is the guest: if the OOM killer took it, the VM would power off. A
+    # block that eats the memory is killed instead (its session process resets the session).
+    try:
+        with open("/proc/self/oom_score_adj", "w") as adj:
+            adj.write("-1000")
+    except OSError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlm-guest", description=__doc__)
     where = parser.add_mutually_exclusive_group(required=True)
@@ -25,13 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES)
     options = parser.parse_args(argv)
     diagnostic = StdioChannel.diagnostic_stream()
+    if options.device:
+        _protect_from_oom()
     channel: Channel = DeviceChannel(options.device) if options.device else StdioChannel()
     limits = Limits(
         max_frame_bytes=options.max_frame_bytes,
         max_output_chars=options.max_output_chars,
         max_sessions=DEFAULT_LIMITS.max_sessions,
     )
-    return Agent(channel, diagnostic, limits).serve()
+    # In a VM the agent is root and alone: a cgroup per session (caps, atomic kill).
+    return Agent(channel, diagnostic, limits, cgroups=bool(options.device)).serve()
 
 
 if __name__ == "__main__":

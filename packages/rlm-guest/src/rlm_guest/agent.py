@@ -54,8 +54,9 @@ from rlm_protocol import (
 )
 
 from . import __version__
+from .cgroups import SessionCgroups
 from .channel import Channel
-from .processes import kill_session, reap_children
+from .processes import become_subreaper, kill_session, kill_strays, reap_children
 
 # Imported here, before any fork, so that every session process starts with the session code
 # already loaded: imported in the child, it cost each new session's first block ~40 ms natively
@@ -109,13 +110,20 @@ class _Worker:
     interrupt_pending: bool = False
     #: The previous process died between blocks: the next result must say the state is gone.
     lost: bool = False
+    #: Its cgroup (in a VM), or None.
+    cgroup: str | None = None
 
 
 class Agent:
     """Serves one host at a time over ``channel``."""
 
     def __init__(
-        self, channel: Channel, diagnostic: TextIO, limits: Limits = DEFAULT_LIMITS
+        self,
+        channel: Channel,
+        diagnostic: TextIO,
+        limits: Limits = DEFAULT_LIMITS,
+        *,
+        cgroups: bool = False,
     ) -> None:
         self.channel = channel
         self.limits = limits
@@ -125,6 +133,10 @@ class Agent:
         self._by_fd: dict[int, _Worker] = {}
         self._selector = selectors.DefaultSelector()
         self._spawned = 0
+        # Orphans of model code become our children, so that kill_strays finds them.
+        become_subreaper()
+        #: One cgroup per session process (``cgroups=True``: in a VM, where the agent is root).
+        self._cgroups = SessionCgroups(cgroups)
         self._handlers = {
             "welcome": self._on_welcome,
             "open_session": self._on_open_session,
@@ -390,6 +402,8 @@ class Agent:
             sock=parent_sock,
             decoder=FrameDecoder(self.limits.max_frame_bytes),
         )
+        # Before the process can run any code (it runs blocks only when we forward them).
+        worker.cgroup = self._cgroups.place(f"{os.getpid()}-{self._spawned}", pid)
         self._workers[session] = worker
         self._by_fd[parent_sock.fileno()] = worker
         self._selector.register(parent_sock, selectors.EVENT_READ, None)
@@ -413,8 +427,34 @@ class Agent:
         self._by_fd.pop(worker.sock.fileno(), None)
         self._selector.unregister(worker.sock)
         worker.sock.close()
+        if worker.cgroup is not None:
+            self._cgroups.kill(worker.cgroup)
         kill_session(worker.pid)
+        self._kill_strays()
         reap_children()
+
+    def _kill_leftovers(self, worker: _Worker) -> None:
+        """Kill everything a session's process started, sparing the process itself."""
+        kill_session(worker.pid, spare_leader=True)
+        if worker.cgroup is not None:
+            # The cgroup also holds what left the session (setsid), and caps a fork bomb, so
+            # that these passes end.
+            for _ in range(20):
+                others = [p for p in self._cgroups.members(worker.cgroup) if p != worker.pid]
+                if not others:
+                    break
+                for pid in others:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        self._kill_strays()
+
+    def _kill_strays(self) -> None:
+        """Kill what left its session (``setsid``) or outlived a session that is gone."""
+        killed = kill_strays({w.pid for w in self._workers.values()})
+        if killed:
+            self.log(f"killed {killed} processes outside every live session")
 
     def _drop_all(self) -> None:
         for worker in list(self._workers.values()):
@@ -497,6 +537,11 @@ class Agent:
                         self._signal(worker)
                 continue
             if envelope.kind == "exec_result" and envelope.call == worker.running:
+                if worker.grace is not None:
+                    # An interrupted block: the session lives on, but nothing it started
+                    # may (a fork bomb's children, a pipeline in the background).
+                    self._kill_leftovers(worker)
+                    reap_children()
                 worker.running = worker.deadline = worker.grace = None
                 if worker.lost:
                     worker.lost = False

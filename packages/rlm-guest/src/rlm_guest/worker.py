@@ -55,6 +55,19 @@ def _die_with_parent() -> None:
         pass
 
 
+def _oom_first() -> None:
+    # The agent protects itself from the guest's OOM killer (oom_score_adj -1000 in a VM);
+    # its session processes must not inherit that: a block that eats the guest's memory is
+    # what the OOM killer should pick, costing that session only (SessionDied).
+    try:
+        with open("/proc/self/oom_score_adj", "r+") as adj:
+            if int(adj.read() or 0) < 0:
+                adj.seek(0)
+                adj.write("0")
+    except (OSError, ValueError):
+        pass
+
+
 class _Link:
     """Frames to the agent over the socket, one writer at a time."""
 
@@ -92,6 +105,8 @@ def worker_main(
     """Serve one session until the agent closes the socket; never returns normally."""
     os.setsid()
     _die_with_parent()
+    _oom_first()
+    leader = os.getpid()
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
@@ -122,7 +137,12 @@ def worker_main(
         if job is None:
             os._exit(0)
         # The agent only forwards python and bash blocks (others are answered "unsupported").
-        link.send(session.run(job.call, job.code, "bash" if job.language == "bash" else "python"))
+        result = session.run(job.call, job.code, "bash" if job.language == "bash" else "python")
+        if os.getpid() != leader:
+            # A process the block forked (os.fork) ran to the block's end: it is not the
+            # session, and must neither answer for it nor linger.
+            os._exit(0)
+        link.send(result)
 
 
 def _read_frames(

@@ -1,0 +1,115 @@
+"""One cgroup (v2) per session process, in a VM: a cap on processes and an atomic kill.
+
+The ``/proc`` scans of :mod:`.processes` race with a fork bomb (it forks between a scan and a
+kill) and miss nothing only eventually. A cgroup closes both gaps: ``pids.max`` stops a fork bomb
+at a fixed number of processes, ``memory.max`` with ``memory.oom.group`` makes a block that eats
+the guest's memory cost its own session only (the whole session is killed at once, never the
+agent), and ``cgroup.kill`` kills every member at once, including processes that left their
+session with ``setsid``.
+
+Used only when the agent runs on a device (a VM, where it is root and alone): on a development
+machine (``--stdio``) the host's cgroups are none of its business, and :class:`SessionCgroups`
+is then disabled; everything still works through the ``/proc`` scans.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+
+__all__ = ["SessionCgroups"]
+
+_ROOT = "/sys/fs/cgroup"
+
+#: Processes one session may have at once: plenty for ``make -j`` or a process pool, few
+#: enough that a fork bomb stops long before the guest runs out of memory.
+DEFAULT_PIDS_MAX = 512
+
+#: Share of the guest's memory one session may use before its processes are killed together.
+MEMORY_SHARE = 0.8
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _memory_total() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no MemTotal in /proc/meminfo")
+
+
+class SessionCgroups:
+    """Creates, fills and kills the per-session cgroups (``/sys/fs/cgroup/rlm-<n>``)."""
+
+    def __init__(self, enabled: bool, pids_max: int = DEFAULT_PIDS_MAX) -> None:
+        self.pids_max = pids_max
+        self.memory_max: int | None = None
+        self.enabled = enabled and self._setup()
+
+    def _setup(self) -> bool:
+        try:
+            if not os.path.exists(f"{_ROOT}/cgroup.controllers"):
+                libc = ctypes.CDLL(None, use_errno=True)
+                if libc.mount(b"cgroup2", _ROOT.encode(), b"cgroup2", 0, None) != 0:
+                    return False
+            with open(f"{_ROOT}/cgroup.controllers") as f:
+                available = f.read().split()
+            wanted = [c for c in ("pids", "memory") if c in available]
+            if "pids" not in wanted:
+                return False
+            _write(f"{_ROOT}/cgroup.subtree_control", " ".join("+" + c for c in wanted))
+            if "memory" in wanted:
+                self.memory_max = int(_memory_total() * MEMORY_SHARE)
+            return True
+        except OSError:
+            return False
+
+    def place(self, name: str, pid: int) -> str | None:
+        """Put process ``pid`` (a session process that has not run any code yet) in a new cgroup."""
+        if not self.enabled:
+            return None
+        path = f"{_ROOT}/rlm-{name}"
+        try:
+            os.mkdir(path)
+            _write(f"{path}/pids.max", str(self.pids_max))
+            if self.memory_max is not None:
+                _write(f"{path}/memory.max", str(self.memory_max))
+                _write(f"{path}/memory.oom.group", "1")
+            _write(f"{path}/cgroup.procs", str(pid))
+        except OSError:
+            return None
+        return path
+
+    @staticmethod
+    def members(path: str) -> list[int]:
+        try:
+            with open(f"{path}/cgroup.procs") as f:
+                return [int(line) for line in f if line.strip()]
+        except OSError:
+            return []
+
+    @staticmethod
+    def kill(path: str, timeout: float = 2.0) -> None:
+        """Kill every process of the cgroup at once, wait until it is empty, remove it."""
+        try:
+            _write(f"{path}/cgroup.kill", "1")
+        except OSError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with open(f"{path}/cgroup.events") as f:
+                    if "populated 0" in f.read():
+                        break
+            except OSError:
+                break
+            time.sleep(0.002)
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
