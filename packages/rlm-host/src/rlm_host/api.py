@@ -59,6 +59,7 @@ from .vm.errors import VMError
 from .vm.image import find_image
 
 __all__ = [
+    "DEFAULT_BLOCK_TIMEOUT",
     "Conversation",
     "HostTool",
     "Price",
@@ -72,6 +73,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: Seconds a block may run before the guest interrupts it (the seed's bash timeout).
+DEFAULT_BLOCK_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True)
@@ -101,8 +105,9 @@ class RunOptions:
     #: Tools installed in the guest, named in the system prompt; ``None``: for ``vm``, the
     #: tools the image's manifest lists, for ``local`` the seed's list.
     tools: Sequence[str] | None = None
-    #: Seconds after which the guest interrupts a block (``None``: no limit).
-    exec_timeout: float | None = None
+    #: Seconds after which the guest interrupts a block (``None``: no limit). The default is the
+    #: seed's bash timeout: a block that loops forever costs five minutes, not the run.
+    exec_timeout: float | None = DEFAULT_BLOCK_TIMEOUT
     #: Where to write the trajectory; ``None`` for the default location (see ``trajectory``).
     trajectory_path: Path | None = None
     #: ``False``: write no trajectory file (events still reach ``on_event``).

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Optional
 
 import trio
 import typer
 
+from .api import DEFAULT_BLOCK_TIMEOUT
 from .cli_batch import batch
 from .cli_chat import chat
 from .cli_conformance import conformance
@@ -49,8 +53,12 @@ def exec_command(
     memory_mb: Annotated[int, typer.Option(help="VM memory in MiB.")] = 1536,
     network: Annotated[bool, typer.Option(help="Give the VM a user-mode NAT network.")] = False,
     timeout: Annotated[
-        Optional[float], typer.Option(help="Interrupt the block after this many seconds.")
-    ] = None,
+        float,
+        typer.Option(
+            "--block-timeout", "--timeout",
+            help="Interrupt the block after this many seconds (0: no limit).",
+        ),
+    ] = DEFAULT_BLOCK_TIMEOUT,
 ) -> None:
     """Run one block in a fresh session and print its stdout and stderr.
 
@@ -67,7 +75,7 @@ def exec_command(
     if isolation is Isolation.local:
         print("rlm: --isolation local runs the code on this machine, unsandboxed", file=sys.stderr)
     try:
-        failed = trio.run(_exec, code, language, options, timeout)
+        failed = trio.run(_exec, code, language, options, timeout or None)
     except RlmError as error:
         print(f"rlm: {error}", file=sys.stderr)
         raise typer.Exit(2) from error
@@ -100,5 +108,23 @@ app.command(
 
 
 def main() -> None:
-    """Entry point of the ``rlm`` script."""
-    app()
+    """Entry point of the ``rlm`` script.
+
+    SIGTERM (``kill``, a supervisor, a CI timeout) ends a command as Ctrl-C does: trio turns
+    the SIGINT into ``KeyboardInterrupt``, so every ``finally`` runs (QEMU is killed, its run
+    directory removed, the trajectory closed); the exit status is then 143. (SIGKILL cannot be
+    handled: QEMU dies with us through ``PR_SET_PDEATHSIG``.)
+    """
+    terminated: list[int] = []
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        terminated.append(signum)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        app()
+    except SystemExit:
+        if terminated:
+            raise SystemExit(128 + signal.SIGTERM) from None
+        raise

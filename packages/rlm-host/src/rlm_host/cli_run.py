@@ -27,7 +27,7 @@ import trio
 import typer
 from rich.console import Console
 
-from .api import RunOptions, RunResult, run_rlm
+from .api import DEFAULT_BLOCK_TIMEOUT, RunOptions, RunResult, run_rlm
 from .engine import Price, load_prices, paper_brief_task, parse_price, query_task, smoke_task
 from .errors import RlmError
 from .pdf import is_pdf, pdf_text
@@ -196,6 +196,10 @@ def run(
     resume: Annotated[
         Optional[Path], typer.Option(help="Continue the interrupted run of this trajectory.")
     ] = None,
+    block_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds a block may run before it is interrupted (0: no limit)."),
+    ] = DEFAULT_BLOCK_TIMEOUT,
 ) -> None:
     """Answer a prompt with a Recursive Language Model; the answer alone goes to stdout."""
     if smoke and query is not None:
@@ -236,6 +240,7 @@ def run(
         isolation=isolation.value,
         memory_mb=memory_mb,
         network=network,
+        exec_timeout=block_timeout or None,
         trajectory_path=trajectory,
         on_event=_with_resume_report(progress) if resume is not None else progress,
         host_tools=host_tools,

@@ -148,6 +148,9 @@ def observation_message(result: ExecResult) -> str:
         "stdout": _plain(captured_metadata(result.stdout, OBSERVATION_PREFIX_CHARS)),
         "stderr": _plain(captured_metadata(result.stderr, OBSERVATION_PREFIX_CHARS)),
     }
+    for name, stream in (("stdout", result.stdout), ("stderr", result.stderr)):
+        if stream.cut:  # the guest kept a prefix only; the counts above are still the true ones
+            metadata[f"{name}_cut"] = f"the guest kept {len(stream.text)} of {stream.chars} characters"
     if result.returncode is not None:
         metadata["returncode"] = result.returncode
     if result.error is not None:
