@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Annotated
 
+from .llm import _httpx  # noqa: F401  (first: keeps httpx's CLI module out)
 import httpx
 import typer
 from rich.console import Console

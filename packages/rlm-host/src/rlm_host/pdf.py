@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pypdfium2  # type: ignore[import-untyped]  # no py.typed marker upstream
-
 from .errors import RlmError
 
 __all__ = ["PdfError", "is_pdf", "pdf_text"]
@@ -44,6 +42,10 @@ def pdf_text(path: Path, *, password: str | None = None) -> str:
     """
     if not path.exists():
         raise FileNotFoundError(path)
+    # Imported here, not at module level: ``rlm`` imports this module on every start, and
+    # pypdfium2 (a C library behind ctypes) costs ~0.1 s CPU for runs that read no PDF.
+    import pypdfium2  # type: ignore[import-untyped]  # no py.typed marker upstream
+
     try:
         document = pypdfium2.PdfDocument(path, password=password)
     except pypdfium2.PdfiumError as error:

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
+from . import _httpx  # noqa: F401  (first: keeps httpx's CLI module out)
 import httpx
 import trio
 
