@@ -23,18 +23,20 @@ import sys
 import time
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import trio
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from . import cli_run
 from .api import RunOptions
 from .batch import BatchOptions, BatchRun, ResultsFile, Summary, Task, TaskError, TaskResult, open_batch, read_tasks
 from .errors import RlmError
 from .vm.errors import VMError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 __all__ = ["SHARED_RUN_OPTIONS", "EngineChoice", "batch"]
 
@@ -136,6 +138,9 @@ def _batch(
         raise typer.BadParameter(str(error)) from error
     assert options.trajectory_dir is not None
     options.trajectory_dir.mkdir(parents=True, exist_ok=True)
+
+    # rich.progress is imported for this command only: it is off the start of every other one.
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     console = Console(stderr=True)
     started = time.perf_counter()
