@@ -1,0 +1,145 @@
+"""The engine against the scripted model over real HTTP, ours and rlms side by side.
+
+Workloads (bench.workload): host time per step with no model latency (the gap between a reply
+and the next request, from the server's log), ``rlm run`` start to the first model request with a
+16 MiB prompt (the real CLI as a subprocess, its VM included; rlms likewise as a subprocess),
+and 8 batched children / 8 batched leaf calls with 1 s model latency (the root's gap around the
+block that makes them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from rlm_host.api import RunOptions, run_rlm
+from rlm_host.connection import GuestConnection
+
+from .vm_bench import MIB, prompt_text
+from .workload import Script, Workload, root_gaps
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from scripted_model import ScriptedModel  # noqa: E402
+
+RLMS_VENV = ROOT / "bench" / ".venv-rlms"
+RLMS_PYTHON = RLMS_VENV / "bin" / "python"
+
+
+def ensure_rlms() -> str | None:
+    """Install rlms into its own venv (never a dependency of ours); return an error or None."""
+    if RLMS_PYTHON.exists():
+        return None
+    try:
+        subprocess.run(["uv", "venv", "-q", str(RLMS_VENV)], check=True)
+        subprocess.run(["uv", "pip", "install", "-q", "--python", str(RLMS_PYTHON), "rlms"], check=True)
+    except (OSError, subprocess.CalledProcessError) as error:
+        return f"cannot install rlms: {error}"
+    return None
+
+
+def rlms_version() -> str | None:
+    try:
+        out = subprocess.run([str(RLMS_PYTHON), "-c", "import importlib.metadata as m; print(m.version('rlms'))"],
+                             capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _options(url: str, tmp: Path, **kw: Any) -> RunOptions:
+    return RunOptions(model="bench", llm_url=url, api="openai", concurrency=8, llm_retries=0,
+                      trajectory_path=tmp / f"traj-{time.monotonic_ns()}.jsonl", **kw)
+
+
+async def _ours(conn: GuestConnection, workload: Workload, prompt: str, tmp: Path, *, max_steps: int = 18) -> dict[str, Any]:
+    script = Script(workload)
+    with ScriptedModel(script, latency=workload.latency) as server:
+        t = time.monotonic()
+        result = await run_rlm(prompt, options=_options(server.url, tmp, max_steps=max_steps, max_depth=2), connection=conn)
+        wall = time.monotonic() - t
+        assert result.answer == "done", (result.stop_reason, result.detail)
+        return {"gaps": root_gaps(server.log, script), "wall": wall, "requests": len(server.log)}
+
+
+def _rlms(workload: Workload, prompt_file: Path, tmp: Path, *, max_iterations: int = 18) -> dict[str, Any]:
+    script = Script(workload)
+    with ScriptedModel(script, latency=workload.latency) as server:
+        job = tmp / "job.json"
+        job.write_text(json.dumps({"url": server.url, "prompt_file": str(prompt_file), "max_depth": 2,
+                                   "max_iterations": max_iterations, "max_concurrent_subcalls": 8}))
+        t = time.monotonic()
+        out = subprocess.run([str(RLMS_PYTHON), str(ROOT / "bench" / "rlms_runner.py"), str(job)],
+                             capture_output=True, text=True, timeout=600)
+        if out.returncode != 0:
+            raise RuntimeError(f"rlms failed: {out.stderr[-2000:]}")
+        data = json.loads(out.stdout.strip().splitlines()[-1])
+        assert data["answer"] == "done", data
+        first = min(r.start for r in server.log)
+        return {"gaps": root_gaps(server.log, script), "wall": data["done"] - t, "requests": len(server.log),
+                "to_first_request": first - t, "import": data["imported"] - t}
+
+
+def _first_request_ours(prompt_file: Path, tmp: Path) -> dict[str, Any]:
+    script = Script(Workload("first_request"))
+    rlm = Path(sys.executable).parent / "rlm"
+    with ScriptedModel(script) as server:
+        t = time.monotonic()
+        out = subprocess.run(
+            [str(rlm), "run", str(prompt_file), "--llm-url", server.url, "--api", "openai", "--model", "bench",
+             "--max-steps", "2", "--trajectory", str(tmp / "cli-traj.jsonl")],
+            capture_output=True, text=True, timeout=600,
+        )
+        done = time.monotonic()
+        if out.returncode != 0:
+            raise RuntimeError(f"rlm run failed: {out.stderr[-2000:]}")
+        first = min(r.start for r in server.log)
+        return {"to_first_request": first - t, "wall": done - t}
+
+
+def _median(xs: list[float]) -> float:
+    return round(statistics.median(xs), 4) if xs else float("nan")
+
+
+async def run_engine_workloads(conn: GuestConnection, *, quick: bool) -> dict[str, Any]:
+    error = ensure_rlms()
+    tmp = Path(tempfile.mkdtemp(prefix="rlm-bench-"))
+    small = prompt_text(64 * 1024)
+    small_file = tmp / "small.txt"
+    small_file.write_text(small)
+    big_file = tmp / "big.txt"
+    big_file.write_text(prompt_text(16 * MIB))
+    repeats = 1 if quick else 3
+    out: dict[str, Any] = {"ours": {}, "rlms": {}, "rlms_version": None if error else rlms_version(), "rlms_error": error}
+
+    steps = Workload("steps", steps=10 if quick else 20)
+    children = Workload("children", fanout=8, latency=1.0)
+    leaves = Workload("leaves", fanout=8, latency=1.0)
+    ours_gaps: list[float] = []
+    for _ in range(repeats):
+        ours_gaps += (await _ours(conn, steps, small, tmp, max_steps=steps.steps + 2))["gaps"]
+    out["ours"]["step_overhead"] = _median(ours_gaps)
+    out["ours"]["children_8"] = _median([(await _ours(conn, children, small, tmp))["gaps"][0] for _ in range(repeats)])
+    out["ours"]["leaves_8"] = _median([(await _ours(conn, leaves, small, tmp))["gaps"][0] for _ in range(repeats)])
+    firsts = [await trio.to_thread.run_sync(_first_request_ours, big_file, tmp) for _ in range(repeats)]
+    out["ours"]["start_to_first_request"] = _median([f["to_first_request"] for f in firsts])
+    if error is None:
+        rg: list[float] = []
+        for _ in range(repeats):
+            rg += (await trio.to_thread.run_sync(lambda: _rlms(steps, small_file, tmp, max_iterations=steps.steps + 2)))["gaps"]
+        out["rlms"]["step_overhead"] = _median(rg)
+        out["rlms"]["children_8"] = _median([(await trio.to_thread.run_sync(_rlms, children, small_file, tmp))["gaps"][0] for _ in range(repeats)])
+        out["rlms"]["leaves_8"] = _median([(await trio.to_thread.run_sync(_rlms, leaves, small_file, tmp))["gaps"][0] for _ in range(repeats)])
+        starts = [await trio.to_thread.run_sync(_rlms, Workload("first_request"), big_file, tmp) for _ in range(repeats)]
+        out["rlms"]["start_to_first_request"] = _median([s["to_first_request"] for s in starts])
+        out["ratio_ours_over_rlms"] = {k: round(out["ours"][k] / out["rlms"][k], 3) for k in out["ours"] if out["rlms"].get(k)}
+    return out

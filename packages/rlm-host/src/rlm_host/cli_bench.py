@@ -1,0 +1,40 @@
+"""``rlm bench``: the benchmarks of the checkout's ``bench`` package (``python -m bench``).
+
+The benchmarks need the repository (the scripted model server of the tests, the rlms runner,
+``bench/results``), so this command finds the checkout that this ``rlm_host`` was installed
+from and runs ``python -m bench`` there with the same interpreter. Mount in cli.py with
+``app.command("bench")(bench)``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["bench", "find_checkout"]
+
+
+def find_checkout(start: Path | None = None) -> Path | None:
+    """The nearest directory above ``start`` (default: this file) holding ``bench/__main__.py``."""
+    here = (start or Path(__file__)).resolve()
+    for parent in here.parents:
+        if (parent / "bench" / "__main__.py").is_file():
+            return parent
+    return None
+
+
+def bench(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    quick: Annotated[bool, typer.Option(help="Fewer repetitions (a few minutes instead of ~15).")] = False,
+) -> None:
+    """Measure channel, exec, boot and engine speed beside the seed's design and rlms."""
+    root = find_checkout() or find_checkout(Path.cwd() / "x")
+    if root is None:
+        print("rlm: the benchmarks live in the rlm repository (bench/); run this from a checkout", file=sys.stderr)
+        raise typer.Exit(2)
+    argv = [sys.executable, "-m", "bench", *(["--json"] if as_json else []), *(["--quick"] if quick else [])]
+    raise typer.Exit(subprocess.call(argv, cwd=root))
