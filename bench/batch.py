@@ -55,6 +55,8 @@ async def measure(engine: str, workers: int, args: argparse.Namespace, url: str,
         times.append(time.perf_counter() - started)
         ok += result.status == "ok" and result.score == 1.0
     wall = time.perf_counter() - started
+    if not times:
+        return {"engine": engine, "workers": workers, "tasks": 0, "error": "no result came back"}
     steady = 60 * (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
     return {
         "engine": engine, "workers": workers, "tasks": len(times), "correct": ok,
