@@ -13,6 +13,7 @@ a session of its own, so everything it started is found) and starts the session 
 
 from __future__ import annotations
 
+import collections
 import os
 import platform
 import selectors
@@ -97,7 +98,9 @@ class _Worker:
     pid: int
     sock: socket.socket
     decoder: FrameDecoder
-    outgoing: bytearray = field(default_factory=bytearray)
+    #: Frames (or what is left of one) waiting for the session's socket, never copied again:
+    #: appending to and trimming one bytearray moved the rest of a 16 MiB frame per send.
+    outgoing: collections.deque[memoryview] = field(default_factory=collections.deque)
     #: ``call`` of the block running in it, if any.
     running: int | None = None
     #: When to interrupt the running block (its ``exec.timeout``).
@@ -498,19 +501,24 @@ class Agent:
     # --- relaying ---------------------------------------------------------------------------
 
     def _to_worker(self, worker: _Worker, data: bytes) -> None:
-        worker.outgoing += data
+        worker.outgoing.append(memoryview(data))
         self._flush_to(worker)
 
     def _flush_to(self, worker: _Worker) -> None:
-        if worker.outgoing:
+        outgoing = worker.outgoing
+        while outgoing:
             try:
-                sent = worker.sock.send(worker.outgoing)
+                sent = worker.sock.send(outgoing[0])
             except BlockingIOError:
-                sent = 0
+                break
             except OSError:
-                sent = len(worker.outgoing)  # the process is gone; its EOF will be handled
-            del worker.outgoing[:sent]
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if worker.outgoing else 0)
+                outgoing.clear()  # the process is gone; its EOF will be handled
+                break
+            if sent < len(outgoing[0]):
+                outgoing[0] = outgoing[0][sent:]
+                break
+            outgoing.popleft()
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if outgoing else 0)
         self._selector.modify(worker.sock, events, None)
 
     def _from_worker(self, worker: _Worker) -> None:

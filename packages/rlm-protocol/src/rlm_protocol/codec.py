@@ -217,7 +217,9 @@ class FrameDecoder:
                     with memoryview(buffer) as view:
                         out.append(decode_body(view[body_start : body_start + size]))
                 else:
-                    out.append(bytes(buffer[start : body_start + size]))
+                    # One copy: slicing the bytearray first would copy the frame twice.
+                    with memoryview(buffer) as view:
+                        out.append(bytes(view[start : body_start + size]))
                 start = body_start + size
         except RemoteProtocolError as error:
             self._error = error
