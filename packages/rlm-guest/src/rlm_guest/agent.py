@@ -136,6 +136,8 @@ class Agent:
         self._by_fd: dict[int, _Worker] = {}
         self._selector = selectors.DefaultSelector()
         self._spawned = 0
+        #: Reused for every read from a session (no 1 MiB allocation per ``recv``).
+        self._receive_buffer = memoryview(bytearray(1 << 20))
         # Orphans of model code become our children, so that kill_strays finds them.
         become_subreaper()
         #: One cgroup per session process (``cgroups=True``: in a VM, where the agent is root).
@@ -523,11 +525,11 @@ class Agent:
 
     def _from_worker(self, worker: _Worker) -> None:
         try:
-            data = worker.sock.recv(1 << 20)
+            data = self._receive_buffer[: worker.sock.recv_into(self._receive_buffer)]
         except BlockingIOError:
             return
         except OSError:
-            data = b""
+            data = self._receive_buffer[:0]
         if not data:
             self._reset(worker, self._death_error(worker.pid))
             return

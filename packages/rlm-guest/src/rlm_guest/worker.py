@@ -154,9 +154,11 @@ def _read_frames(
     jobs: queue.SimpleQueue[Exec | None],
 ) -> None:
     decoder = FrameDecoder(max_frame_bytes)
+    # One reused receive buffer: ``recv(1 MiB)`` allocates and frees 1 MiB per call.
+    buffer = memoryview(bytearray(1 << 20))
     try:
-        while data := sock.recv(1 << 20):
-            for frame in decoder.feed(data):
+        while count := sock.recv_into(buffer):
+            for frame in decoder.feed(buffer[:count]):
                 if isinstance(frame, Exec):
                     jobs.put(frame)
                 elif isinstance(frame, HostCallReply):
