@@ -14,6 +14,7 @@ import typer
 
 from .api import DEFAULT_BLOCK_TIMEOUT
 from .cli_batch import batch
+from .cli_bench import bench
 from .cli_chat import chat
 from .cli_conformance import conformance
 from .cli_image import doctor, image_app
@@ -101,6 +102,7 @@ app.command("view")(view)
 app.command("chat")(chat)
 app.add_typer(image_app, name="image")
 app.command("doctor")(doctor)
+app.command("bench")(bench)
 app.command("batch")(batch)
 app.command(
     "conformance", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}

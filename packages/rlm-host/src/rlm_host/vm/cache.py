@@ -12,10 +12,30 @@ Layout (``$XDG_CACHE_HOME/rlm``, default ``~/.cache/rlm``)::
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["cache_root", "downloads_dir", "images_dir", "share_dir"]
+__all__ = ["build_lock", "cache_root", "downloads_dir", "images_dir", "share_dir"]
+
+
+@contextmanager
+def build_lock(target: Path) -> Iterator[None]:
+    """Hold an exclusive lock for building ``target`` (a file or directory of the cache).
+
+    Several VMs may start at once (``rlm batch`` workers, parallel test runs), in one process or
+    several; the first builds and the others wait, then find the finished artifact.
+    ``flock`` locks conflict between open files even within one process, so threads are covered.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(target.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def cache_root() -> Path:

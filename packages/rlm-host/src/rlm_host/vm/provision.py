@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from .accel import find_qemu, probe_accel
-from .cache import share_dir
+from .cache import build_lock, share_dir
 from .errors import ImageBuildError
 from .guest_scripts import PROVISION_OK
 from .image import GuestImage
@@ -70,6 +70,15 @@ def ensure_agent_disk(image: GuestImage, wheelhouse: Wheelhouse, *, log: Path | 
     target = agent_disk_path(image, wheelhouse)
     if target.exists():
         return target
+    with build_lock(target):
+        if target.exists():  # another VM start made it while we waited
+            return target
+        return _create_agent_disk(image, wheelhouse, target, log)
+
+
+def _create_agent_disk(
+    image: GuestImage, wheelhouse: Wheelhouse, target: Path, log: Path | None
+) -> Path:
     qemu = find_qemu()
     if qemu is None:
         raise ImageBuildError("qemu-system-x86_64 not found. Fix: sudo scripts/setup-system.sh")

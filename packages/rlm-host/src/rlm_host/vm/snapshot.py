@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .accel import find_qemu, probe_accel
+from .cache import build_lock
 from .errors import VMError
 from .guest_scripts import AGENT_WAITING
 from .qemu import VMConfig, _set_pdeathsig, qemu_command
@@ -116,6 +117,13 @@ def ensure_snapshot(config: VMConfig) -> Path:
     target = snapshot_path(config)
     if target.exists():
         return target
+    with build_lock(target):
+        if target.exists():  # another VM start made it while we waited
+            return target
+        return _create_snapshot(config, target)
+
+
+def _create_snapshot(config: VMConfig, target: Path) -> Path:
     qemu = find_qemu()
     if qemu is None:
         raise VMError("qemu-system-x86_64 not found. Fix: sudo scripts/setup-system.sh")

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cache import downloads_dir, share_dir
+from .cache import build_lock, downloads_dir, share_dir
 from .errors import ImageBuildError
 
 __all__ = ["GUEST_PACKAGES", "Wheelhouse", "ensure_wheelhouse", "find_workspace", "wheelhouse_hash"]
@@ -141,6 +141,13 @@ def ensure_wheelhouse(workspace: Path | None = None) -> Wheelhouse:
     final = share_dir() / "wheelhouse" / key
     if (final / _COMPLETE_MARKER).exists():
         return Wheelhouse(final, key)
+    with build_lock(final):
+        if (final / _COMPLETE_MARKER).exists():  # built by another start while we waited
+            return Wheelhouse(final, key)
+        return _create_wheelhouse(workspace, key, final)
+
+
+def _create_wheelhouse(workspace: Path, key: str, final: Path) -> Wheelhouse:
     tmp = final.with_name(f"{key}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
