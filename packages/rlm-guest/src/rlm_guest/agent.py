@@ -82,6 +82,10 @@ INTERRUPT_GRACE_SECONDS = 2.0
 #: unique per connection); 2**32 calls per session process is more than any run makes.
 _CALL_ID_BLOCK = 1 << 32
 
+#: A frame still missing more than this is read to its end at once (``Channel.read_into``);
+#: the host is sending it right now, so the wait is bounded by the channel's speed.
+_TIGHT_READ_BYTES = 64 * 1024
+
 _WORKER_FRAMES = frozenset({"set_vars", "exec", "host_call_reply"})
 
 
@@ -213,6 +217,10 @@ class Agent:
                             return self.channel.reconnects
                         for raw in decoder.feed_raw(data):
                             self._from_host(raw)
+                        if decoder.missing > _TIGHT_READ_BYTES:
+                            frame, received = decoder.detach_partial()
+                            if self.channel.read_into(frame, received):
+                                self._from_host(frame)
                         continue
                     if mask & selectors.EVENT_WRITE:
                         self._flush_to(worker)
@@ -254,7 +262,7 @@ class Agent:
 
     # --- frames from the host ---------------------------------------------------------------
 
-    def _from_host(self, raw: bytes) -> None:
+    def _from_host(self, raw: bytes | bytearray) -> None:
         envelope = decode_envelope(raw)
         handler = self._handlers.get(envelope.kind)
         if handler is not None:
@@ -325,7 +333,7 @@ class Agent:
         self._spawn(frame.session, frame.cwd)
         self.send(SessionOpened(session=frame.session, call=frame.call))
 
-    def _on_exec(self, frame: Exec, raw: bytes) -> None:
+    def _on_exec(self, frame: Exec, raw: bytes | bytearray) -> None:
         worker = self._workers.get(frame.session)
         if worker is None:
             self._unknown_session(frame.session, frame.call)
@@ -502,7 +510,7 @@ class Agent:
 
     # --- relaying ---------------------------------------------------------------------------
 
-    def _to_worker(self, worker: _Worker, data: bytes) -> None:
+    def _to_worker(self, worker: _Worker, data: bytes | bytearray) -> None:
         worker.outgoing.append(memoryview(data))
         self._flush_to(worker)
 

@@ -18,6 +18,7 @@ import threading
 import traceback
 
 from rlm_protocol import (
+    HEADER_BYTES,
     ErrorFrame,
     Exec,
     Frame,
@@ -27,12 +28,17 @@ from rlm_protocol import (
     ProtocolError,
     SetVars,
     VarsSet,
+    decode_body,
 )
 
 from .capture import Capture
 from .session import HostCalls, Session, install_sigint
 
 __all__ = ["BlockStarted", "worker_main"]
+
+#: Frames still missing more than this are received in one tight loop, straight into their own
+#: buffer, instead of growing the decoder's buffer chunk by chunk (copies are slow under TCG).
+_TIGHT_READ_BYTES = 64 * 1024
 
 
 class BlockStarted(Frame, frozen=True, tag="block_started"):
@@ -158,7 +164,18 @@ def _read_frames(
     buffer = memoryview(bytearray(1 << 20))
     try:
         while count := sock.recv_into(buffer):
-            for frame in decoder.feed(buffer[:count]):
+            frames = decoder.feed(buffer[:count])
+            if decoder.missing > _TIGHT_READ_BYTES:
+                # A large frame (a prompt): receive the rest straight into its own buffer.
+                whole, received = decoder.detach_partial()
+                with memoryview(whole) as view:
+                    while received < len(whole):
+                        got = sock.recv_into(view[received:])
+                        if got == 0:
+                            raise OSError("the agent closed the session mid-frame")
+                        received += got
+                    frames.append(decode_body(view[HEADER_BYTES:]))
+            for frame in frames:
                 if isinstance(frame, Exec):
                     jobs.put(frame)
                 elif isinstance(frame, HostCallReply):

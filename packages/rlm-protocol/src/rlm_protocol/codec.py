@@ -55,7 +55,7 @@ _kind_decoder: Final = msgspec.msgpack.Decoder(_Kind)
 _DECODE_ERRORS: Final = (msgspec.DecodeError, UnicodeDecodeError)
 
 
-def decode_envelope(frame: bytes | memoryview) -> Envelope:
+def decode_envelope(frame: bytes | bytearray | memoryview) -> Envelope:
     """Routing fields of a framed message (length prefix included), as ``feed_raw`` returns it.
 
     msgpack strings carry their length, so a 16 MiB value is skipped, not scanned.
@@ -74,7 +74,7 @@ _known_kinds: Final = frozenset(
 )
 
 
-def decode_body(body: bytes | memoryview) -> Frame | UnknownFrame:
+def decode_body(body: bytes | bytearray | memoryview) -> Frame | UnknownFrame:
     """Decode one frame body (without its length prefix).
 
     Returns ``UnknownFrame`` for a well-formed map whose ``kind`` we do not know, so that a peer
@@ -173,6 +173,49 @@ class FrameDecoder:
     def buffered(self) -> int:
         """Bytes received but not yet part of a complete frame."""
         return len(self._buffer) - self._start
+
+    @property
+    def missing(self) -> int:
+        """Bytes still to come to complete the frame being received (0 when its length is
+        not known yet), so that a reader can fetch a large frame in one tight loop.
+
+        >>> decoder = FrameDecoder()
+        >>> decoder.feed((10).to_bytes(4, "big") + b"abc")
+        []
+        >>> decoder.missing
+        7
+        """
+        available = len(self._buffer) - self._start
+        if available < HEADER_BYTES:
+            return 0
+        size = int.from_bytes(self._buffer[self._start : self._start + HEADER_BYTES], "big")
+        return max(0, HEADER_BYTES + size - available)
+
+    def detach_partial(self) -> tuple[bytearray, int]:
+        """Hand over the frame being received, to be completed by the caller without copies.
+
+        Returns a buffer the size of the whole framed message (length prefix included) holding
+        the bytes received so far, and how many those are; the caller reads the rest into
+        ``buffer[received:]`` and then owns a complete raw frame (``decode_body`` of
+        ``buffer[HEADER_BYTES:]`` decodes it). The decoder is left empty. Only valid when
+        ``missing`` is non-zero (the length is known and the frame incomplete).
+
+        >>> decoder = FrameDecoder()
+        >>> decoder.feed((3).to_bytes(4, "big") + b"a")
+        []
+        >>> buffer, received = decoder.detach_partial()
+        >>> len(buffer), received, decoder.buffered
+        (7, 5, 0)
+        """
+        missing = self.missing
+        if missing == 0:
+            raise LocalProtocolError("no partial frame with a known length to detach")
+        received = len(self._buffer) - self._start
+        frame = bytearray(received + missing)
+        frame[:received] = memoryview(self._buffer)[self._start :]
+        self._buffer = bytearray()
+        self._start = 0
+        return frame, received
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame | UnknownFrame]:
         """Add received bytes; return the frames they complete, in order.
