@@ -284,21 +284,18 @@ class Agent:
         if isinstance(frame, UnknownFrame):
             self.log(f"ignoring unknown frame kind {frame.kind!r}")  # a newer minor's frame
             return
-        self.send(
-            ErrorFrame(
-                code="bad_request",
-                message=f"{type(frame).__name__} is not a host-to-guest frame",
-                session=envelope.session,
-                call=envelope.call,
-            )
+        self._refuse(
+            "bad_request",
+            f"{type(frame).__name__} is not a host-to-guest frame",
+            envelope.session, envelope.call,
         )
 
+    def _refuse(self, code: str, message: str, session: str | None, call: int | None) -> None:
+        """Answer one request with an ``error`` frame (PROTOCOL.md 3.4)."""
+        self.send(ErrorFrame(code=code, message=message, session=session, call=call))
+
     def _unknown_session(self, session: str | None, call: int | None) -> None:
-        self.send(
-            ErrorFrame(
-                code="unknown_session", message=f"no session {session!r}", session=session, call=call
-            )
-        )
+        self._refuse("unknown_session", f"no session {session!r}", session, call)
 
     def _on_welcome(self, frame: Frame) -> None:
         assert isinstance(frame, Welcome)
@@ -311,23 +308,17 @@ class Agent:
     def _on_open_session(self, frame: Frame) -> None:
         assert isinstance(frame, OpenSession)
         if frame.session in self._workers:
-            self.send(
-                ErrorFrame(
-                    code="session_exists",
-                    message=f"session {frame.session!r} is already open",
-                    session=frame.session,
-                    call=frame.call,
-                )
+            self._refuse(
+                "session_exists",
+                f"session {frame.session!r} is already open",
+                frame.session, frame.call,
             )
             return
         if len(self._workers) >= self.limits.max_sessions:
-            self.send(
-                ErrorFrame(
-                    code="too_large",
-                    message=f"at most {self.limits.max_sessions} sessions may be open",
-                    session=frame.session,
-                    call=frame.call,
-                )
+            self._refuse(
+                "too_large",
+                f"at most {self.limits.max_sessions} sessions may be open",
+                frame.session, frame.call,
             )
             return
         self._spawn(frame.session, frame.cwd)
@@ -339,23 +330,17 @@ class Agent:
             self._unknown_session(frame.session, frame.call)
             return
         if frame.language not in ("python", "bash"):
-            self.send(
-                ErrorFrame(
-                    code="unsupported",
-                    message=f"language {frame.language!r} is not supported",
-                    session=frame.session,
-                    call=frame.call,
-                )
+            self._refuse(
+                "unsupported",
+                f"language {frame.language!r} is not supported",
+                frame.session, frame.call,
             )
             return
         if worker.running is not None:
-            self.send(
-                ErrorFrame(
-                    code="session_busy",
-                    message=f"session {frame.session!r} is already running a block",
-                    session=frame.session,
-                    call=frame.call,
-                )
+            self._refuse(
+                "session_busy",
+                f"session {frame.session!r} is already running a block",
+                frame.session, frame.call,
             )
             return
         worker.running = frame.call

@@ -29,21 +29,8 @@ _statuses: dict[int, int] = {}
 
 
 def session_members(sid: int) -> list[int]:
-    """Pids of the processes whose session id is ``sid``."""
-    members = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue  # exited while we looked
-        # After the ")" that ends the command name: state, ppid, pgrp, session, ...
-        # A zombie is already dead; it only waits to be reaped.
-        if int(fields[3]) == sid and fields[0] != b"Z":
-            members.append(int(entry.name))
-    return members
+    """Pids of the live processes whose session id is ``sid``."""
+    return [pid for pid, (_, session) in _process_table().items() if session == sid]
 
 
 def kill_session(sid: int, *, spare_leader: bool = False) -> None:
@@ -71,7 +58,7 @@ def _kill(pid: int) -> None:
 
 
 def _process_table() -> dict[int, tuple[int, int]]:
-    """``{pid: (ppid, sid)}`` of every live (not zombie) process."""
+    """``{pid: (ppid, sid)}`` of every live process (a zombie is dead, only not yet reaped)."""
     table = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -80,7 +67,8 @@ def _process_table() -> dict[int, tuple[int, int]]:
             with open(f"/proc/{entry.name}/stat", "rb") as stat:
                 fields = stat.read().rsplit(b")", 1)[1].split()
         except OSError:
-            continue
+            continue  # exited while we looked
+        # After the ")" that ends the command name: state, ppid, pgrp, session, ...
         if fields[0] != b"Z":
             table[int(entry.name)] = (int(fields[1]), int(fields[3]))
     return table
