@@ -49,7 +49,6 @@ async def test_same_batch_on_ray_local_guests(tmp_path: Path) -> None:
 
 
 @pytest.mark.vm
-@pytest.mark.skip(reason="known hang: a VM inside a Ray actor stalls after the first task starts (open issue 13)")
 async def test_same_batch_on_ray_vms(tmp_path: Path, vm_image: None) -> None:
     ray = await same_batch_local_and_ray(tmp_path, "vm")
     assert ray[KILLER].status == "error" and ray[KILLER].attempts == 2
