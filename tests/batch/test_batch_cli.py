@@ -99,3 +99,34 @@ def test_batch_takes_the_model_and_budget_options_of_run() -> None:
     assert "max_steps" in SHARED_RUN_OPTIONS
     options = _run_options({"max_steps": 5, "model": "m", "not_a_run_option": 1})
     assert (options.max_steps, options.model) == (5, "m")
+
+
+async def test_cost_budget_and_host_tools_as_in_rlm_run(tmp_path: Path) -> None:
+    """``--tool``, ``--price`` and ``--max-cost`` reach every task, as they do in ``rlm run``."""
+    tasks, results = tmp_path / "tasks.jsonl", tmp_path / "results.jsonl"
+    write_tasks(tasks, count=3)
+    (tmp_path / "batch_tools.py").write_text("def shout(text: str) -> str:\n    return text.upper()\n")
+    with ScriptedModel(script, latency=0.0) as server:
+        command = batch_command(
+            tasks, results, server.url, "--isolation", "local", "--workers", "1",
+            "--tool", "batch_tools:shout", "--price", "m=1000,1000", "--max-cost", "0.0001",
+        )
+        done = await trio.run_process(
+            command, capture_stdout=True, capture_stderr=True, check=False, cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        lines = {line["id"]: line for line in read_lines(results)}
+        assert lines["t000"]["status"] == "ok"
+        # Every run was given the tool and the cost budget at the price: the trajectory says so.
+        trajectory = Path(str(lines["t000"]["trajectory"])).read_text()
+        assert "shout(text: str) -> str" in trajectory
+        assert '"max_cost":0.0001' in trajectory
+        costs = [json.loads(line).get("cost") for line in trajectory.splitlines()]
+        # One token costs 1 at this price: the spend is the run's token count, far over budget.
+        assert max(cost or 0 for cost in costs) == lines["t000"]["usage"]["total_tokens"]
+        bad = await trio.run_process(
+            [*batch_command(tasks, tmp_path / "other.jsonl", server.url), "--tool", "nowhere:missing"],
+            capture_stderr=True, check=False, cwd=tmp_path,
+        )
+    assert bad.returncode == 2 and b"nowhere" in bad.stderr

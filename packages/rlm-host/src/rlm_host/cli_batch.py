@@ -32,7 +32,9 @@ from rich.console import Console
 from . import cli_run
 from .api import RunOptions
 from .batch import BatchOptions, BatchRun, ResultsFile, Summary, Task, TaskError, TaskResult, open_batch, read_tasks
+from .engine import Price, load_prices, parse_price
 from .errors import RlmError
+from .tools import load_tool
 from .vm.errors import VMError
 
 if TYPE_CHECKING:
@@ -44,7 +46,8 @@ __all__ = ["SHARED_RUN_OPTIONS", "EngineChoice", "batch"]
 SHARED_RUN_OPTIONS = (
     "model", "llm_url", "api", "stream", "llm_retries",
     "max_steps", "max_depth", "max_model_calls", "max_tokens", "max_seconds", "max_cost",
-    "concurrency", "context_tokens", "tool_timeout", "isolation", "memory_mb", "network",
+    "concurrency", "context_tokens", "tool", "tool_timeout", "price", "prices",
+    "isolation", "memory_mb", "network",
 )
 
 EXIT_ERROR = 2
@@ -64,6 +67,11 @@ def _run_options(shared: dict[str, Any]) -> RunOptions:
         for name, value in shared.items()
         if name in fields
     }
+    # The options that ``rlm run`` parses before they become ``RunOptions`` fields.
+    values["host_tools"] = [load_tool(spec) for spec in shared.get("tool") or []]
+    prices: dict[str, Price] = load_prices(shared["prices"]) if shared.get("prices") else {}
+    prices.update(parse_price(item) for item in shared.get("price") or [])
+    values["prices"] = prices
     return RunOptions(**values)
 
 
@@ -110,7 +118,10 @@ def _batch(
     **shared: Any,
 ) -> None:
     """Run every task of TASKS with an RLM; results to -o as they finish, the summary to stdout."""
-    run_options = _run_options(shared)
+    try:
+        run_options = _run_options(shared)
+    except (ValueError, ImportError, AttributeError, OSError) as error:
+        raise typer.BadParameter(str(error)) from error
     if output.exists() and output.stat().st_size > 0 and not (resume or overwrite):
         print(f"rlm: {output} exists: --resume to continue it, --overwrite to start again", file=sys.stderr)
         raise typer.Exit(EXIT_ERROR)
