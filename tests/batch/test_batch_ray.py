@@ -49,6 +49,11 @@ async def test_same_batch_on_ray_local_guests(tmp_path: Path) -> None:
 
 
 @pytest.mark.vm
+@pytest.mark.skip(
+    reason="intermittent stall (open issue 13): on Ray with real VMs, two tasks sent to an actor "
+    "around the killer task's VM death never start (passed 3 runs of 3 alone, stalled once "
+    "inside the full suite)"
+)
 async def test_same_batch_on_ray_vms(tmp_path: Path, vm_image: None) -> None:
     ray = await same_batch_local_and_ray(tmp_path, "vm")
     assert ray[KILLER].status == "error" and ray[KILLER].attempts == 2
