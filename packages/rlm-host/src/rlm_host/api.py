@@ -42,6 +42,8 @@ import trio
 
 from .connection import GuestConnection
 from .engine import DEFAULT_TOOLS, Limits, Price, RlmEngine, RlmOutcome, StopReason, query_task
+from .engine.opening import PendingGuest
+from .errors import single_error
 from .isolation import GuestOptions, Isolation, open_guest
 from .llm import Api, DeltaCallback, LlmConfig, Usage, open_client
 from .tools import DEFAULT_TOOL_TIMEOUT, HostTool, as_tools
@@ -197,15 +199,45 @@ def _guest_tools(options: RunOptions) -> Sequence[str]:
 
 
 @contextlib.asynccontextmanager
-async def _guest(options: RunOptions, connection: GuestConnection | None) -> AsyncIterator[GuestConnection]:
+async def _guest(
+    options: RunOptions, connection: GuestConnection | None
+) -> AsyncIterator[GuestConnection | PendingGuest]:
+    """The caller's connection, or a guest started in the background (``PendingGuest``): the
+    engine sends the first model request while the VM boots."""
     if connection is not None:
         yield connection
         return
     guest_options = GuestOptions(
         isolation=Isolation(options.isolation), memory_mb=options.memory_mb, network=options.network
     )
-    async with open_guest(guest_options) as opened:
-        yield opened
+    pending = PendingGuest()
+    release = trio.Event()
+    closing_error: list[BaseException] = []
+
+    async def serve() -> None:
+        try:
+            async with open_guest(guest_options) as opened:
+                pending.set(opened)
+                await release.wait()
+        except Exception as error:
+            if pending.ready:
+                closing_error.append(error)
+            else:
+                pending.fail(error)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            try:
+                yield pending
+            finally:
+                release.set()
+                if not pending.ready:  # the run ended before the guest was up
+                    nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise single_error(group) from None
+    if closing_error:
+        raise closing_error[0]
 
 
 class _Run:
@@ -491,18 +523,7 @@ async def open_run(
             nursery.start_soon(runner)
             yield events
     except BaseExceptionGroup as group:
-        raise _collapse(group) from None
-
-
-def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    leaves = [error for error in _leaves(group) if not isinstance(error, trio.Cancelled)]
-    return leaves[0] if len(leaves) == 1 else group
-
-
-def _leaves(error: BaseException) -> list[BaseException]:
-    if isinstance(error, BaseExceptionGroup):
-        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
-    return [error]
+        raise single_error(group) from None
 
 
 from .conversation import Conversation  # noqa: E402  (they build on this module)

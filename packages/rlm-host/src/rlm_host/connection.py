@@ -47,6 +47,7 @@ from .errors import (
     GuestProtocolError,
     HandshakeError,
     SessionError,
+    single_error,
 )
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ class GuestConnection:
         except BaseExceptionGroup as group:
             # The nursery is an implementation detail: callers catch ``GuestDiedError`` or
             # their own exceptions, not a group around them.
-            raise _collapse(group) from None
+            raise single_error(group) from None
 
     async def _handshake(self, timeout: float) -> None:
         with trio.move_on_after(timeout):
@@ -236,6 +237,21 @@ class GuestConnection:
 
     def new_call(self) -> int:
         return next(self._calls)
+
+    def spawn(self, task: Callable[[], Awaitable[None]]) -> bool:
+        """Run ``task`` in the background of the connection (until it closes).
+
+        For requests whose answer nobody waits for, such as a session's close. ``task`` must
+        not raise: an error would take the connection down. Returns ``False`` when the
+        connection is closed or closing.
+        """
+        if self._death is not None:
+            return False
+        try:
+            self._nursery.start_soon(task)
+        except RuntimeError:  # the nursery is closed to new tasks
+            return False
+        return True
 
     def new_session_id(self) -> str:
         return f"s{next(self._session_ids)}"
@@ -422,25 +438,6 @@ class GuestConnection:
                     error=HostCallError("TypeError", f"host call result: {bad_value}"),
                 )
             )
-
-
-def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The single meaningful exception of a group, or the group itself when there are several.
-
-    The reader task never raises (it records the death instead), so in practice the group holds
-    the caller's own exception, possibly beside ``Cancelled`` from the cancelled reader.
-    """
-    leaves: list[BaseException] = []
-
-    def walk(error: BaseException) -> None:
-        if isinstance(error, BaseExceptionGroup):
-            for inner in error.exceptions:
-                walk(inner)
-        elif not isinstance(error, trio.Cancelled):
-            leaves.append(error)
-
-    walk(group)
-    return leaves[0] if len(leaves) == 1 else group
 
 
 def _host_version() -> str:

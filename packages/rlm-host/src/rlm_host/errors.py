@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import trio
+
 __all__ = [
     "GuestDiedError",
     "GuestError",
@@ -19,6 +21,7 @@ __all__ = [
     "RlmError",
     "SessionClosedError",
     "SessionError",
+    "single_error",
 ]
 
 
@@ -65,3 +68,20 @@ class SessionClosedError(SessionError):
 
     def __init__(self, session: str) -> None:
         super().__init__("session_closed", f"session {session!r} is closed", session)
+
+
+def single_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error a nursery's group stands for, or the group itself when there are several.
+
+    A run's background tasks (a VM starting, a session opening) are an implementation detail:
+    callers catch ``GuestError`` or ``ModelError``, not an ``ExceptionGroup`` around them.
+    ``Cancelled`` leaves are dropped: they are what the other tasks got when one failed.
+    """
+    leaves = [error for error in _leaves(group) if not isinstance(error, trio.Cancelled)]
+    return leaves[0] if len(leaves) == 1 else group
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]

@@ -22,7 +22,7 @@ from rlm_protocol import (
     VarsState,
 )
 
-from .errors import GuestError, SessionClosedError
+from .errors import GuestError, SessionClosedError, SessionError
 
 if TYPE_CHECKING:
     from .connection import GuestConnection, HostCallHandler
@@ -67,6 +67,13 @@ class Session:
             reply = await connection.request(
                 OpenSession(session=session.id, call=call, cwd=cwd), call, SessionOpened
             )
+        except trio.Cancelled:
+            # The guest may open it anyway (frames are handled in order): close it after, or
+            # it would hold a process in the guest until the guest goes away.
+            connection.unregister_session(session.id)
+            session._closed = True
+            connection.spawn(session._close_in_background)
+            raise
         except BaseException:
             connection.unregister_session(session.id)
             raise
@@ -141,6 +148,25 @@ class Session:
             return
         self._closed = True
         self.connection.unregister_session(self.id)
+        await self._close_in_guest()
+
+    def close_later(self) -> bool:
+        """Close the session without waiting for the guest to confirm; idempotent.
+
+        The session is closed for the host at once (its host calls are cancelled); the guest's
+        teardown (killing its processes, removing its cgroup) goes on in the background of the
+        connection. Returns ``False`` when the connection is shutting down and ``close`` must be
+        awaited instead.
+        """
+        if self._closed:
+            return True
+        if not self.connection.spawn(self._close_in_background):
+            return False
+        self._closed = True
+        self.connection.unregister_session(self.id)
+        return True
+
+    async def _close_in_guest(self) -> None:
         if self.connection.closed:
             return
         call = self.connection.new_call()
@@ -150,6 +176,12 @@ class Session:
             )
         except GuestError:
             pass  # a dead guest has no sessions left to close
+
+    async def _close_in_background(self) -> None:
+        try:
+            await self._close_in_guest()
+        except SessionError:
+            pass  # e.g. a cancelled open the guest refused: there is nothing to close
 
     async def __aenter__(self) -> Session:
         return self

@@ -22,7 +22,7 @@ import itertools
 import json
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -32,7 +32,7 @@ import trio
 from rlm_protocol import HostCall
 
 from ..connection import GuestConnection, HostCallHandler
-from ..errors import RlmError
+from ..errors import RlmError, single_error
 from ..llm.client import ChatClient
 from ..llm.messages import ChatMessage, ChatReply, DeltaCallback
 from ..session import Session
@@ -54,6 +54,7 @@ from ..trajectory import (
 )
 from .blocks import first_block
 from .budget import BudgetExhausted, Limits, RunMeter, StopReason, child_steps
+from .opening import PendingGuest, SessionOpening
 from .prompts import (
     DEFAULT_TOOLS,
     NO_BLOCK_REPROMPT,
@@ -117,7 +118,8 @@ class RootRlm:
 
     id: str
     depth: int
-    session: Session
+    #: The session, which may still be opening while the first model request is out.
+    opening: SessionOpening
     model: str | None
     tools: tuple[HostTool, ...]
     history: list[ChatMessage]
@@ -134,6 +136,13 @@ class RootRlm:
     #: Tokens of the history as the server last counted them, and the history length then.
     reported_tokens: int | None = None
     reported_len: int = 0
+
+    @property
+    def session(self) -> Session:
+        """The opened session (``await rlm.opening.wait()`` first when it may still be opening)."""
+        if self.opening.session is None:
+            raise RuntimeError(f"RLM {self.id}'s session has not opened yet")
+        return self.opening.session
 
     def append(self, message: ChatMessage) -> None:
         self.history.append(message)
@@ -188,7 +197,7 @@ class RlmEngine:
     def __init__(
         self,
         *,
-        connection: GuestConnection,
+        connection: GuestConnection | PendingGuest,
         client: ChatClient,
         recorder: TrajectoryRecorder,
         limits: Limits = Limits(),
@@ -225,21 +234,41 @@ class RlmEngine:
         With ``answer_type``, ``Final`` must convert to it (``msgspec.convert``); a mismatch is
         an observation and the run goes on. Raises what ends the run without an answer
         (``ModelError``, ``GuestError``), after recording it in the trajectory.
+
+        The first model request goes out while the guest starts and the prompt is bound
+        (``rlm_host.engine.opening``); the wall-time budget counts from the start.
         """
-        root = await self.open_root(prompt, answer_type=answer_type)
-        try:
-            return await self.ask(root, answer_type=answer_type)
-        finally:
-            await self.close(root)
+        root = self._new_rlm(
+            prompt, rlm="0", depth=0, model=None, tools=self.host_tools, answer_type=answer_type
+        )
+        handler = self._host_call_handler("0", 0, self.limits.max_steps, None, self.host_tools)
+
+        async def steps() -> RlmOutcome:
+            with trio.move_on_after(self.limits.max_seconds or float("inf")) as deadline:
+                return await self._guarded(root, self.limits.max_steps, answer_type)
+            detail = f"wall-time budget spent: {self.limits.max_seconds} s"
+            assert deadline.cancelled_caught
+            self._emit_stop(root.id, root.depth, "wall_time", detail)
+            return RlmOutcome(None, "wall_time", detail)
+
+        return await self._overlapped(root, handler, steps, close_later=False)
 
     async def open_root(
         self, prompt: str, *, answer_type: Any = None, handler: HostCallHandler | None = None
     ) -> RootRlm:
         """Open the root's session with ``prompt`` bound; ``ask`` runs its steps."""
-        return await self._open(
-            prompt, rlm="0", depth=0, model=None, tools=self.host_tools, answer_type=answer_type,
-            max_steps=self.limits.max_steps, handler=handler,
+        root = self._new_rlm(
+            prompt, rlm="0", depth=0, model=None, tools=self.host_tools, answer_type=answer_type
         )
+        await self._open_session(
+            root, handler or self._host_call_handler("0", 0, self.limits.max_steps, None, self.host_tools)
+        )
+        try:
+            await root.opening.wait()
+        except BaseException:
+            await self.close(root)
+            raise
+        return root
 
     async def ask(self, root: RootRlm, message: str | None = None, *, answer_type: Any = None) -> RlmOutcome:
         """Run the root's steps until ``Final`` or a budget, after adding ``message`` (a new
@@ -259,13 +288,30 @@ class RlmEngine:
         await rlm.session.set_vars(values)
 
     async def close(self, rlm: RootRlm) -> None:
-        """Close the RLM's session (shielded and bounded: it runs after cancellations too)."""
+        """Close the RLM's session (shielded and bounded: it runs after cancellations too).
+
+        A session still opening is cancelled first; what the guest had opened is closed.
+        """
         with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_GRACE_SECONDS):
-            await rlm.session.close()
+            opening = rlm.opening
+            if not opening.done:
+                opening.scope.cancel()
+                with trio.CancelScope(shield=True):
+                    await opening.settled()
+            if opening.session is not None:
+                await opening.session.close()
+
+    def _close_later(self, rlm: RootRlm) -> bool:
+        """Close an opened session without waiting for the guest (a child's answer need not
+        wait for its teardown); ``False`` when that is not possible and ``close`` must be awaited."""
+        opening = rlm.opening
+        if not opening.done or opening.session is None:
+            return False
+        return opening.session.close_later()
 
     # --- one RLM ----------------------------------------------------------------------------
 
-    async def _open(
+    def _new_rlm(
         self,
         prompt: str,
         *,
@@ -273,18 +319,14 @@ class RlmEngine:
         depth: int,
         model: str | None,
         tools: tuple[HostTool, ...],
-        max_steps: int,
         answer_type: Any = None,
-        handler: HostCallHandler | None = None,
     ) -> RootRlm:
-        session = await self.connection.open_session(
-            handler=handler or self._host_call_handler(rlm, depth, max_steps, model, tools)
-        )
+        """An RLM whose history is ready for its first model request; its session is not open."""
         first = metadata_message(prompt, None if answer_type is None else msgspec.json.schema(answer_type))
         state = RootRlm(
             id=rlm,
             depth=depth,
-            session=session,
+            opening=SessionOpening(),
             model=model,
             tools=tools,
             history=[],
@@ -294,12 +336,69 @@ class RlmEngine:
         )
         state.append({"role": "system", "content": self._system_prompt(tools)})
         state.append({"role": "user", "content": first})
-        try:
-            await self.prepare(state)
-        except BaseException:
-            await self.close(state)
-            raise
         return state
+
+    async def _connection(self) -> GuestConnection:
+        if isinstance(self.connection, PendingGuest):
+            return await self.connection.wait()
+        return self.connection
+
+    async def _open_session(self, state: RootRlm, handler: HostCallHandler) -> None:
+        """Open the RLM's session and bind its variables; the outcome goes to ``state.opening``.
+
+        Never raises (but ``Cancelled``): whoever waits for the session gets the error.
+        """
+        opening = state.opening
+        with opening.scope:
+            try:
+                connection = await self._connection()
+                opening.session = await connection.open_session(handler=handler)
+                await self.prepare(state)
+            except Exception as error:
+                opening.fail(error)
+                return
+            opening.succeed()
+        if not opening.done:
+            opening.fail(RlmError(f"RLM {state.id} ended before its session had opened"))
+
+    async def _overlapped(
+        self,
+        state: RootRlm,
+        handler: HostCallHandler,
+        steps: Callable[[], Awaitable[RlmOutcome]],
+        *,
+        close_later: bool,
+    ) -> RlmOutcome:
+        """Run ``steps`` while the session opens beside it; close it at the end.
+
+        A failed opening stops the steps at once (the model's reply is not worth waiting for)
+        and is what this raises.
+        """
+        opening = state.opening
+        outcome: RlmOutcome | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._open_session, state, handler)
+                try:
+                    with trio.CancelScope() as steps_scope:
+                        nursery.start_soon(_cancel_on_failure, opening, steps_scope)
+                        outcome = await steps()
+                finally:
+                    if not (close_later and self._close_later(state)):
+                        await self.close(state)
+                    nursery.cancel_scope.cancel()  # the failure watcher
+        except BaseExceptionGroup as group:
+            raise single_error(group) from None
+        if outcome is None:
+            assert opening.error is not None
+            self.recorder.emit(
+                EngineError(
+                    ts=time.time(), rlm=state.id, depth=state.depth,
+                    error_type=type(opening.error).__name__, message=str(opening.error),
+                )
+            )
+            raise opening.error
+        return outcome
 
     async def prepare(self, state: RootRlm) -> None:
         """Bind the host's variables and define the tools (at start and after a reset)."""
@@ -319,11 +418,11 @@ class RlmEngine:
         model: str | None,
         tools: tuple[HostTool, ...],
     ) -> RlmOutcome:
-        state = await self._open(prompt, rlm=rlm, depth=depth, model=model, tools=tools, max_steps=max_steps)
-        try:
-            return await self._guarded(state, max_steps, None)
-        finally:
-            await self.close(state)
+        state = self._new_rlm(prompt, rlm=rlm, depth=depth, model=model, tools=tools)
+        handler = self._host_call_handler(rlm, depth, max_steps, model, tools)
+        return await self._overlapped(
+            state, handler, lambda: self._guarded(state, max_steps, None), close_later=True
+        )
 
     async def _guarded(self, state: RootRlm, max_steps: int, answer_type: Any) -> RlmOutcome:
         """``_steps``, with a budget stop as an outcome and an error recorded before it is raised."""
@@ -342,7 +441,7 @@ class RlmEngine:
             raise
 
     async def _steps(self, state: RootRlm, max_steps: int, answer_type: Any) -> RlmOutcome:
-        rlm, depth, session = state.id, state.depth, state.session
+        rlm, depth = state.id, state.depth
         for _ in range(max_steps):
             state.step += 1
             step = state.step
@@ -359,6 +458,8 @@ class RlmEngine:
             self.recorder.emit(
                 BlockRun(ts=time.time(), rlm=rlm, depth=depth, step=step, language=block.language, code=block.code)
             )
+            # The first block may come before the session has opened (see ``opening``).
+            session = await state.opening.wait()
             result = await session.exec(block.code, block.language, timeout=self.exec_timeout)
             if result.session_reset:
                 await self.prepare(state)
@@ -454,7 +555,8 @@ class RlmEngine:
         state.reported_tokens = None
         # The full history stays reachable from code; binding it also unsets Final, which is
         # harmless here: a Final that was accepted ended the RLM before this point.
-        await state.session.set_vars({"history": [{"role": m["role"], "content": m["content"]} for m in state.transcript]})
+        session = await state.opening.wait()
+        await session.set_vars({"history": [{"role": m["role"], "content": m["content"]} for m in state.transcript]})
         self.recorder.emit(
             Compaction(
                 ts=time.time(), rlm=state.id, depth=state.depth, step=state.step,
@@ -685,3 +787,10 @@ class RlmEngine:
 
     def _emit_stop(self, rlm: str, depth: int, reason: str, detail: str) -> None:
         self.recorder.emit(BudgetStop(ts=time.time(), rlm=rlm, depth=depth, reason=reason, detail=detail))
+
+
+async def _cancel_on_failure(opening: SessionOpening, scope: trio.CancelScope) -> None:
+    """Stop an RLM's steps as soon as its session has failed to open."""
+    await opening.settled()
+    if opening.error is not None:
+        scope.cancel()
