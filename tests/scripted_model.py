@@ -250,9 +250,13 @@ class ScriptedModel:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            # HTTP/1.0: every response ends by closing the connection, so a stream needs neither
-            # chunked encoding nor a length.
-            protocol_version = "HTTP/1.0"
+            # HTTP/1.1 with keep-alive, as Ollama and OpenAI-compatible servers answer: a new
+            # connection per request would count in every measured gap between requests. A
+            # stream is the one response without a length; it closes its connection.
+            protocol_version = "HTTP/1.1"
+            # Headers and body are separate writes: without this, Nagle's algorithm holds the
+            # body back until the client's delayed ACK of the headers (up to 40 ms).
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: Any) -> None:
                 """Quiet: the test log is ``server.log``."""
@@ -339,6 +343,8 @@ class ScriptedModel:
                 prompt, completion = _usage_numbers(request, reply)
                 record.status = 200
                 self.send_response(200)
+                self.send_header("Connection", "close")
+                self.close_connection = True
                 if request.api == "ollama":
                     self.send_header("Content-Type", "application/x-ndjson")
                     self.end_headers()
