@@ -38,7 +38,7 @@ from .accel import find_qemu, probe_accel
 from .cache import build_lock
 from .errors import VMError
 from .guest_scripts import AGENT_WAITING
-from .qemu import VMConfig, _set_pdeathsig, qemu_command
+from .qemu import _KERNEL_ARGS, VMConfig, _set_pdeathsig, qemu_command
 
 __all__ = ["ensure_snapshot", "snapshot_path"]
 
@@ -53,7 +53,7 @@ def snapshot_path(config: VMConfig) -> Path:
     key_source = json.dumps(
         [str(config.kernel), str(config.initramfs), str(config.disk), config.memory_mb, config.cpus,
          config.network, config.share is not None, accel.name, qemu, stat.st_mtime_ns if stat else 0,
-         config.extra_kernel_args, config.guest_entry]
+         config.extra_kernel_args, config.guest_entry, _KERNEL_ARGS]
         # Extra devices change the machine; only added when present, so existing keys hold.
         + ([list(config.extra_ports), config.extra_uart] if config.extra_ports or config.extra_uart else []),
     )
