@@ -23,6 +23,7 @@ import trio
 
 from rlm_host.api import RunOptions, run_rlm
 from rlm_host.connection import GuestConnection
+from rlm_host.trajectory import read_trajectory
 
 from .vm_bench import MIB, prompt_text
 from .workload import Script, Workload, root_gaps
@@ -65,10 +66,30 @@ async def _ours(conn: GuestConnection, workload: Workload, prompt: str, tmp: Pat
     script = Script(workload)
     with ScriptedModel(script, latency=workload.latency) as server:
         t = time.monotonic()
-        result = await run_rlm(prompt, options=_options(server.url, tmp, max_steps=max_steps, max_depth=2), connection=conn)
+        options = _options(server.url, tmp, max_steps=max_steps, max_depth=2)
+        result = await run_rlm(prompt, options=options, connection=conn)
         wall = time.monotonic() - t
         assert result.answer == "done", (result.stop_reason, result.detail)
-        return {"gaps": root_gaps(server.log, script), "wall": wall, "requests": len(server.log)}
+        assert options.trajectory_path is not None
+        return {"gaps": root_gaps(server.log, script), "wall": wall, "requests": len(server.log),
+                "parts": _step_parts(options.trajectory_path)}
+
+
+def _step_parts(trajectory: Path) -> dict[str, list[float]]:
+    """Where each root step's host time went, from the trajectory's timestamps: ``engine`` (reply
+    parsed to block sent, and observation to next request), ``exec`` (the block's round trip
+    through the guest); the rest of a gap is the HTTP client and the server."""
+    events = [e for e in read_trajectory(trajectory) if getattr(e, "rlm", None) == "0"]
+    by_kind: dict[str, list[float]] = {}
+    for e in events:
+        by_kind.setdefault(type(e).__name__, []).append(e.ts)
+    responses, blocks = by_kind.get("ModelResponse", []), by_kind.get("BlockRun", [])
+    observations, requests = by_kind.get("Observation", []), by_kind.get("ModelRequest", [])
+    parts: dict[str, list[float]] = {"engine": [], "exec": []}
+    for i in range(min(len(observations), len(blocks), len(responses), len(requests) - 1)):
+        parts["engine"].append((blocks[i] - responses[i]) + (requests[i + 1] - observations[i]))
+        parts["exec"].append(observations[i] - blocks[i])
+    return parts
 
 
 def _rlms(workload: Workload, prompt_file: Path, tmp: Path, *, max_iterations: int = 18) -> dict[str, Any]:
@@ -125,9 +146,15 @@ async def run_engine_workloads(conn: GuestConnection, *, quick: bool) -> dict[st
     children = Workload("children", fanout=8, latency=1.0)
     leaves = Workload("leaves", fanout=8, latency=1.0)
     ours_gaps: list[float] = []
+    parts: dict[str, list[float]] = {"engine": [], "exec": []}
     for _ in range(repeats):
-        ours_gaps += (await _ours(conn, steps, small, tmp, max_steps=steps.steps + 2))["gaps"]
+        run = await _ours(conn, steps, small, tmp, max_steps=steps.steps + 2)
+        ours_gaps += run["gaps"]
+        for key in parts:
+            parts[key] += run["parts"][key]
     out["ours"]["step_overhead"] = _median(ours_gaps)
+    # Medians of each part; what is left of the gap is the HTTP client and the scripted server.
+    out["ours"]["step_parts"] = {key: _median(values) for key, values in parts.items()}
     out["ours"]["children_8"] = _median([(await _ours(conn, children, small, tmp))["gaps"][0] for _ in range(repeats)])
     out["ours"]["leaves_8"] = _median([(await _ours(conn, leaves, small, tmp))["gaps"][0] for _ in range(repeats)])
     firsts = [await trio.to_thread.run_sync(_first_request_ours, big_file, tmp) for _ in range(repeats)]
