@@ -369,3 +369,34 @@ async def test_show_vars(connection: GuestConnection) -> None:
     await session.set_vars({"prompt": "hello"})
     result = await session.exec("n = 3\nSHOW_VARS()")
     assert result.stdout.text == "n: int\nprompt: str(len=5)\n"
+
+
+
+async def test_large_frames_reach_their_sessions_whole(connection: GuestConnection) -> None:
+    # Large host frames travel to the session process in a shared buffer that the agent reuses
+    # (rlm_guest.shared): sizes that grow and shrink, two sessions in turn, a large host-call
+    # reply while a block waits, and a large block (which takes the socket) must all arrive whole.
+    big = "".join(chr(0x41 + i % 26) for i in range(1 << 16)) * 48  # 3 MiB
+
+    async def handler(call: HostCall) -> str:
+        return big + "!"
+
+    a = await connection.open_session(handler=handler)
+    b = await connection.open_session()
+    check = "Final = [len(prompt), prompt[:3], prompt[-3:], prompt.count('Z')]"
+    for session, text in ((a, big), (b, big[:200_000] + "é"), (a, big + big), (b, big[:70_000])):
+        await session.set_vars({"prompt": text})
+        result = await session.exec(check)
+        assert result.final is not None
+        assert result.final.value == [len(text), text[:3], text[-3:], text.count("Z")]
+    result = await a.exec("r = host_call('big')\nFinal = [len(r), r[-3:]]")
+    assert result.final is not None and result.final.value == [len(big) + 1, big[-2:] + "!"]
+    result = await b.exec("s = " + repr(big) + "\nFinal = len(s)")
+    assert result.final is not None and result.final.value == len(big)
+    await a.close()
+    from rlm_host import SessionClosedError
+
+    with pytest.raises(SessionClosedError):
+        await a.set_vars({"prompt": big})
+    result = await b.exec("Final = len(prompt)")
+    assert result.final is not None and result.final.value == 70_000

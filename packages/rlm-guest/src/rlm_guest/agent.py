@@ -21,6 +21,7 @@ import signal
 import socket
 import time
 import traceback
+from array import array
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -58,6 +59,7 @@ from . import __version__
 from .cgroups import SessionCgroups
 from .channel import Channel
 from .processes import become_subreaper, kill_session, kill_strays, reap_children
+from .shared import KEEP_AT_MOST, SharedBuffer, SharedFrame
 
 # Imported here, before any fork, so that every session process starts with the session code
 # already loaded: imported in the child, it cost each new session's first block ~40 ms natively
@@ -86,7 +88,17 @@ _CALL_ID_BLOCK = 1 << 32
 #: the host is sending it right now, so the wait is bounded by the channel's speed.
 _TIGHT_READ_BYTES = 64 * 1024
 
+#: After a close that killed a session through its cgroup, the /proc sweep for processes that
+#: left the cgroup waits for a quiet moment of the channel (no frame for this long) ...
+_SWEEP_WHEN_IDLE_FOR = 0.02
+#: ... but never longer than this.
+_SWEEP_AT_THE_LATEST = 1.0
+
 _WORKER_FRAMES = frozenset({"set_vars", "exec", "host_call_reply"})
+
+#: Large frames of these kinds reach their session process in a shared buffer (``shared.py``);
+#: an ``exec`` is checked by the agent first and takes the socket.
+_SHARED_KINDS = frozenset({"set_vars", "host_call_reply"})
 
 
 class _Stop(Exception):
@@ -103,8 +115,13 @@ class _Worker:
     sock: socket.socket
     decoder: FrameDecoder
     #: Frames (or what is left of one) waiting for the session's socket, never copied again:
-    #: appending to and trimming one bytearray moved the rest of a 16 MiB frame per send.
-    outgoing: collections.deque[memoryview] = field(default_factory=collections.deque)
+    #: appending to and trimming one bytearray moved the rest of a 16 MiB frame per send. Each
+    #: may carry a descriptor to pass along (and close once sent).
+    outgoing: collections.deque[tuple[memoryview, int | None]] = field(
+        default_factory=collections.deque
+    )
+    #: Shared buffers lent to the process, oldest first (it releases them in that order).
+    lent: collections.deque[SharedBuffer] = field(default_factory=collections.deque)
     #: ``call`` of the block running in it, if any.
     running: int | None = None
     #: When to interrupt the running block (its ``exec.timeout``).
@@ -140,6 +157,10 @@ class Agent:
         self._by_fd: dict[int, _Worker] = {}
         self._selector = selectors.DefaultSelector()
         self._spawned = 0
+        #: The shared buffer kept for the next large frame (``shared.py``), if any.
+        self._pool: SharedBuffer | None = None
+        #: When the pending stray sweep must run (see ``_discard``), or None.
+        self._sweep_due: float | None = None
         #: Reused for every read from a session (no 1 MiB allocation per ``recv``).
         self._receive_buffer = memoryview(bytearray(1 << 20))
         # Orphans of model code become our children, so that kill_strays finds them.
@@ -207,7 +228,12 @@ class Agent:
         self._selector.register(host_fd, selectors.EVENT_READ, None)
         try:
             while True:
-                for key, mask in self._selector.select(self._next_timeout()):
+                events = self._selector.select(self._next_timeout())
+                if self._sweep_due is not None and (
+                    not events or time.monotonic() >= self._sweep_due
+                ):
+                    self._kill_strays()
+                for key, mask in events:
                     worker = self._by_fd.get(key.fd)
                     if worker is None:
                         data = self.channel.read()
@@ -218,9 +244,7 @@ class Agent:
                         for raw in decoder.feed_raw(data):
                             self._from_host(raw)
                         if decoder.missing > _TIGHT_READ_BYTES:
-                            frame, received = decoder.detach_partial()
-                            if self.channel.read_into(frame, received):
-                                self._from_host(frame)
+                            self._large_from_host(*decoder.detach_partial())
                         continue
                     if mask & selectors.EVENT_WRITE:
                         self._flush_to(worker)
@@ -238,6 +262,9 @@ class Agent:
             for moment in (worker.deadline, worker.grace)
             if moment is not None
         ]
+        if self._sweep_due is not None:
+            # A quiet moment this long runs the sweep; it never waits past its due time.
+            deadlines.append(min(self._sweep_due, time.monotonic() + _SWEEP_WHEN_IDLE_FOR))
         if not deadlines:
             # Wake up now and then to reap processes that model code left behind.
             return 5.0
@@ -289,6 +316,50 @@ class Agent:
             f"{type(frame).__name__} is not a host-to-guest frame",
             envelope.session, envelope.call,
         )
+
+    def _large_from_host(self, start: bytearray, received: int) -> None:
+        """Read the rest of a large frame into a shared buffer and route it."""
+        size = len(start)
+        buffer = self._take_buffer(size)
+        buffer.map[:received] = memoryview(start)[:received]
+        del start
+        if not self.channel.read_into(buffer.map, received, size):
+            self._give_back(buffer)  # the host left mid-frame: its end-of-stream comes next
+            return
+        with memoryview(buffer.map) as whole, whole[:size] as frame:
+            envelope = decode_envelope(frame)
+            worker = None
+            if envelope.kind in _SHARED_KINDS:
+                worker = self._workers.get(envelope.session or "")
+            raw = bytes(frame) if worker is None else None
+        if raw is not None:  # for the agent itself, or refused: the usual way, from a copy
+            self._give_back(buffer)
+            self._from_host(raw)
+            return
+        assert worker is not None
+        worker.lent.append(buffer)
+        notice = self._encoder.encode(SharedFrame(session=worker.session))
+        worker.outgoing.append((memoryview(notice), buffer.reader_fd()))
+        self._flush_to(worker)
+
+    def _take_buffer(self, size: int) -> SharedBuffer:
+        buffer, self._pool = self._pool, None
+        if buffer is None:
+            return SharedBuffer(size)
+        buffer.grow(size)
+        return buffer
+
+    def _give_back(self, buffer: SharedBuffer) -> None:
+        # Keep the larger of the two: its pages are what the next large frame saves faulting.
+        if buffer.capacity > KEEP_AT_MOST:
+            buffer.close()
+            return
+        if self._pool is not None:
+            if self._pool.capacity >= buffer.capacity:
+                buffer.close()
+                return
+            self._pool.close()
+        self._pool = buffer
 
     def _refuse(self, code: str, message: str, session: str | None, call: int | None) -> None:
         """Answer one request with an ``error`` frame (PROTOCOL.md 3.4)."""
@@ -417,6 +488,10 @@ class Agent:
                 pass
         for worker in self._workers.values():
             worker.sock.close()
+            for buffer in worker.lent:
+                buffer.close()
+        if self._pool is not None:
+            self._pool.close()
         self._selector.close()
 
     def _discard(self, worker: _Worker) -> None:
@@ -425,10 +500,20 @@ class Agent:
         self._by_fd.pop(worker.sock.fileno(), None)
         self._selector.unregister(worker.sock)
         worker.sock.close()
-        if worker.cgroup is not None:
-            self._cgroups.kill(worker.cgroup)
-        kill_session(worker.pid)
-        self._kill_strays()
+        for _, fd in worker.outgoing:
+            if fd is not None:
+                os.close(fd)
+        worker.outgoing.clear()
+        while worker.lent:
+            self._give_back(worker.lent.popleft())
+        if worker.cgroup is not None and self._cgroups.kill(worker.cgroup):
+            # Everything the session started was in its cgroup and is dead now, unless it moved
+            # itself out (model code is root): the sweep finds such a process later. Two /proc
+            # scans here cost a close ~40 ms under TCG.
+            self._sweep_requested()
+        else:
+            kill_session(worker.pid)
+            self._kill_strays()
         reap_children()
 
     def _kill_leftovers(self, worker: _Worker) -> None:
@@ -448,8 +533,13 @@ class Agent:
                         pass
         self._kill_strays()
 
+    def _sweep_requested(self) -> None:
+        if self._sweep_due is None:
+            self._sweep_due = time.monotonic() + _SWEEP_AT_THE_LATEST
+
     def _kill_strays(self) -> None:
         """Kill what left its session (``setsid``) or outlived a session that is gone."""
+        self._sweep_due = None
         killed = kill_strays({w.pid for w in self._workers.values()})
         if killed:
             self.log(f"killed {killed} processes outside every live session")
@@ -457,6 +547,8 @@ class Agent:
     def _drop_all(self) -> None:
         for worker in list(self._workers.values()):
             self._discard(worker)
+        if self._sweep_due is not None:
+            self._kill_strays()  # the loop that would sweep later stops here
 
     def _interrupt(self, worker: _Worker) -> None:
         if worker.running is None or worker.grace is not None:
@@ -496,21 +588,32 @@ class Agent:
     # --- relaying ---------------------------------------------------------------------------
 
     def _to_worker(self, worker: _Worker, data: bytes | bytearray) -> None:
-        worker.outgoing.append(memoryview(data))
+        worker.outgoing.append((memoryview(data), None))
         self._flush_to(worker)
 
     def _flush_to(self, worker: _Worker) -> None:
         outgoing = worker.outgoing
         while outgoing:
+            data, fd = outgoing[0]
             try:
-                sent = worker.sock.send(outgoing[0])
+                if fd is None:
+                    sent = worker.sock.send(data)
+                else:
+                    sent = worker.sock.sendmsg(
+                        [data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", [fd]).tobytes())]
+                    )
+                    os.close(fd)  # the process has its own copy now
             except BlockingIOError:
                 break
             except OSError:
-                outgoing.clear()  # the process is gone; its EOF will be handled
+                # The process is gone; its EOF will be handled.
+                for _, pending in outgoing:
+                    if pending is not None:
+                        os.close(pending)
+                outgoing.clear()
                 break
-            if sent < len(outgoing[0]):
-                outgoing[0] = outgoing[0][sent:]
+            if sent < len(data):
+                outgoing[0] = (data[sent:], None)
                 break
             outgoing.popleft()
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if outgoing else 0)
@@ -533,6 +636,10 @@ class Agent:
             return
         for raw in frames:
             envelope = decode_envelope(raw)
+            if envelope.kind == "buffer_released":
+                if worker.lent:
+                    self._give_back(worker.lent.popleft())
+                continue
             if envelope.kind == "block_started":
                 if envelope.call == worker.running:
                     worker.started = True

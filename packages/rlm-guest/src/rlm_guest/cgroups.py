@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import time
 
 __all__ = ["SessionCgroups"]
@@ -94,22 +95,41 @@ class SessionCgroups:
             return []
 
     @staticmethod
-    def kill(path: str, timeout: float = 2.0) -> None:
-        """Kill every process of the cgroup at once, wait until it is empty, remove it."""
+    def kill(path: str, timeout: float = 2.0) -> bool:
+        """Kill every process of the cgroup at once, wait until it is empty, remove it.
+
+        False when the kill could not be asked for (the cgroup is gone or unusable): the caller
+        must then find the processes itself.
+        """
         try:
             _write(f"{path}/cgroup.kill", "1")
         except OSError:
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with open(f"{path}/cgroup.events") as f:
-                    if "populated 0" in f.read():
-                        break
-            except OSError:
-                break
-            time.sleep(0.002)
+            return False
+        _wait_empty(path, timeout)
         try:
             os.rmdir(path)
         except OSError:
             pass
+        return True
+
+
+def _wait_empty(path: str, timeout: float) -> None:
+    # cgroup.events signals a change of "populated" with POLLPRI: waiting on it wakes up the
+    # moment the last process is gone, where polling in 2 ms sleeps cost a close ~5 ms under TCG.
+    deadline = time.monotonic() + timeout
+    try:
+        events = open(f"{path}/cgroup.events", "rb", buffering=0)
+    except OSError:
+        return
+    with events:
+        poller = select.poll()
+        poller.register(events, select.POLLPRI)
+        while True:
+            events.seek(0)
+            # Reading also re-arms the notification.
+            if b"populated 0" in events.read():
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            poller.poll(min(left, 0.05) * 1000)

@@ -6,6 +6,7 @@ lock from any thread.
 
 from __future__ import annotations
 
+import mmap
 import os
 import select
 import time
@@ -39,8 +40,8 @@ class Channel:
         count = os.readv(self.read_fd, [self._buffer])
         return self._buffer[:count]
 
-    def read_into(self, buffer: bytearray, start: int) -> bool:
-        """Fill ``buffer[start:]`` in a tight loop; False if the host left first.
+    def read_into(self, buffer: bytearray | mmap.mmap, start: int, end: int) -> bool:
+        """Fill ``buffer[start:end]`` in a tight loop; False if the host left first.
 
         The rest of a large frame is read here rather than through the agent's event loop: a
         virtio-serial port gives at most 4 KiB per read, and one loop turn per 4 KiB made a
@@ -48,8 +49,8 @@ class Channel:
         into the frame's own buffer also saves the copies of growing a receive buffer.
         """
         with memoryview(buffer) as view:
-            while start < len(buffer):
-                read = os.readv(self.read_fd, [view[start:]])
+            while start < end:
+                read = os.readv(self.read_fd, [view[start:end]])
                 if read == 0:
                     return False
                 start += read

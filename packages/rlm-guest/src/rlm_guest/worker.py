@@ -8,6 +8,7 @@ however it was started, by killing that session's processes.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import os
 import queue
@@ -26,13 +27,16 @@ from rlm_protocol import (
     FrameEncoder,
     HostCallReply,
     ProtocolError,
+    RemoteProtocolError,
     SetVars,
+    UnknownFrame,
     VarsSet,
     decode_body,
 )
 
 from .capture import Capture
 from .session import HostCalls, Session, install_sigint
+from .shared import ANCILLARY_BYTES, BufferReleased, read_shared, received_fds
 
 __all__ = ["BlockStarted", "worker_main"]
 
@@ -162,8 +166,17 @@ def _read_frames(
     decoder = FrameDecoder(max_frame_bytes)
     # One reused receive buffer: ``recv(1 MiB)`` allocates and frees 1 MiB per call.
     buffer = memoryview(bytearray(1 << 20))
+    #: Descriptors of shared buffers, in the order their ``shared_frame`` notices come.
+    fds: collections.deque[int] = collections.deque()
     try:
-        while count := sock.recv_into(buffer):
+        while True:
+            count, ancillary, _, _ = sock.recvmsg_into(
+                [buffer], ANCILLARY_BYTES, socket.MSG_CMSG_CLOEXEC
+            )
+            if ancillary:
+                fds.extend(received_fds(ancillary))
+            if not count:
+                break
             frames = decoder.feed(buffer[:count])
             if decoder.missing > _TIGHT_READ_BYTES:
                 # A large frame (a prompt): receive the rest straight into its own buffer.
@@ -176,6 +189,12 @@ def _read_frames(
                         received += got
                     frames.append(decode_body(view[HEADER_BYTES:]))
             for frame in frames:
+                if isinstance(frame, UnknownFrame) and frame.kind == "shared_frame":
+                    if not fds:
+                        raise RemoteProtocolError("a shared frame came without its buffer")
+                    frame = read_shared(fds.popleft(), max_frame_bytes)
+                    # Before the reply: the host's next large frame may reuse the buffer.
+                    link.send(BufferReleased(session=session.id))
                 if isinstance(frame, Exec):
                     jobs.put(frame)
                 elif isinstance(frame, HostCallReply):
