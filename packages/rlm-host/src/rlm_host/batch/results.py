@@ -3,7 +3,8 @@
 A result line::
 
     {"id": "q1", "status": "ok", "answer": "green", "reason": null, "stop_reason": "final",
-     "usage": {"prompt_tokens": 812, "completion_tokens": 40, "total_tokens": 852, "calls": 2},
+     "usage": {"prompt_tokens": 812, "completion_tokens": 40, "total_tokens": 852, "calls": 2,
+               "cost": null},
      "wall_time": 3.1, "trajectory": ".../q1.jsonl", "attempts": 1, "worker": "w0",
      "score": 1.0, "scores": {"exact": 1.0, "normalised": 1.0}}
 
@@ -31,12 +32,28 @@ Status = Literal["ok", "budget_stop", "error"]
 
 
 class TokenUsage(msgspec.Struct, frozen=True):
-    """Model usage of one task (all attempts)."""
+    """Model usage of one task: every attempt's, a retried task's failed ones included.
+
+    >>> TokenUsage(1, 2, 3, 1) + TokenUsage(10, 20, 30, 1, cost=0.5)
+    TokenUsage(prompt_tokens=11, completion_tokens=22, total_tokens=33, calls=2, cost=0.5)
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
     calls: int = 0
+    #: What the calls cost at the run's prices (``None`` when no price was given).
+    cost: float | None = None
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        costs = [cost for cost in (self.cost, other.cost) if cost is not None]
+        return TokenUsage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            total_tokens=self.total_tokens + other.total_tokens,
+            calls=self.calls + other.calls,
+            cost=sum(costs) if costs else None,
+        )
 
 
 class TaskResult(msgspec.Struct, frozen=True):
@@ -125,6 +142,8 @@ class Summary(msgspec.Struct):
     accuracy: float | None = None
     total_tokens: int = 0
     model_calls: int = 0
+    #: What the tasks cost at the given prices (``None`` when no price was given).
+    cost: float | None = None
     retried: int = 0
     wall_time: float = 0.0
     tasks_per_minute: float = 0.0
@@ -135,6 +154,7 @@ class Summary(msgspec.Struct):
         """The summary of ``results`` finished in ``wall_time`` seconds (``skipped``: resumed)."""
         listed = list(results)
         scores = [r.score for r in listed if r.score is not None]
+        costs = [r.usage.cost for r in listed if r.usage.cost is not None]
         return cls(
             tasks=len(listed),
             by_status=dict(Counter(r.status for r in listed)),
@@ -142,6 +162,7 @@ class Summary(msgspec.Struct):
             accuracy=round(sum(scores) / len(scores), 4) if scores else None,
             total_tokens=sum(r.usage.total_tokens for r in listed),
             model_calls=sum(r.usage.calls for r in listed),
+            cost=round(sum(costs), 6) if costs else None,
             retried=sum(1 for r in listed if r.attempts > 1),
             wall_time=round(wall_time, 3),
             tasks_per_minute=round(60 * len(listed) / wall_time, 2) if wall_time > 0 else 0.0,

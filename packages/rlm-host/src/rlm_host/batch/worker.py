@@ -29,6 +29,7 @@ from ..api import RunOptions, run_rlm
 from ..connection import GuestConnection
 from ..errors import GuestError, RlmError
 from ..isolation import GuestOptions, open_guest
+from ..trajectory import Event, RunEnd
 from ..vm.errors import VMError
 from .options import BatchOptions
 from .results import TaskResult, TokenUsage
@@ -49,6 +50,28 @@ class _Died:
     """An attempt whose guest died under it."""
 
     reason: str
+
+
+class _Spent:
+    """What a task's attempts cost, summed from each attempt's ``RunEnd``.
+
+    A run emits ``RunEnd`` with its usage however it ends, the guest dying under it included,
+    so an attempt that left no ``RunResult`` is still counted.
+    """
+
+    def __init__(self) -> None:
+        self.usage = TokenUsage()
+
+    def see(self, event: Event) -> None:
+        if isinstance(event, RunEnd) and event.depth == 0:
+            usage = event.usage
+            self.usage = self.usage + TokenUsage(
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                total_tokens=usage.total_tokens,
+                calls=usage.calls,
+                cost=event.cost,
+            )
 
 
 def trajectory_name(key: str, attempt: int = 1) -> str:
@@ -149,26 +172,32 @@ class GuestWorker:
 
     # --- tasks ------------------------------------------------------------------------------
 
-    async def run(self, task: Task) -> TaskResult:
+    async def run(self, task: Task, first_attempt: int = 1) -> TaskResult:
         """Run ``task`` on this worker's guest; never raises for the task's own failures.
 
-        Raises ``WorkerError`` when no guest can be started; cancellation stops the task.
+        ``first_attempt`` > 1 numbers the attempts (and their trajectories) after ones made
+        elsewhere (a Ray actor that died under the task). The result's usage is every
+        attempt's here. Raises ``WorkerError`` when no guest can be started; cancellation
+        stops the task.
         """
         started = time.perf_counter()
+        spent = _Spent()
         async with self._slots:
             connection = await self._connection()
-            outcome = await self._attempt(connection, task, 1)
+            outcome = await self._attempt(connection, task, first_attempt, spent)
             if not isinstance(outcome, _Died):
-                return msgspec.structs.replace(outcome, wall_time=round(time.perf_counter() - started, 3))
+                return msgspec.structs.replace(
+                    outcome, usage=spent.usage, wall_time=round(time.perf_counter() - started, 3)
+                )
             self._lost(connection)
-        attempt = 1
-        while attempt <= self.options.retries:
+        attempt = first_attempt
+        while attempt < first_attempt + self.options.retries:
             attempt += 1
             async with self._retry_lock:
                 retried: TaskResult | _Died | None = None
                 try:
                     async with open_guest(self._guest_options) as alone:
-                        retried = await self._attempt(alone, task, attempt)
+                        retried = await self._attempt(alone, task, attempt, spent)
                 except (GuestError, VMError) as error:
                     # A start that failed is a death; closing a guest that the task killed may
                     # complain too, and then the attempt's own outcome stands.
@@ -178,13 +207,14 @@ class GuestWorker:
                 outcome = retried
             if not isinstance(outcome, _Died):
                 return msgspec.structs.replace(
-                    outcome, wall_time=round(time.perf_counter() - started, 3), attempts=attempt
+                    outcome, usage=spent.usage, wall_time=round(time.perf_counter() - started, 3), attempts=attempt
                 )
         assert isinstance(outcome, _Died)
         return TaskResult(
             id=task.id,
             status="error",
-            reason=f"the guest died under this task {attempt} times: {outcome.reason}",
+            reason=f"the guest died under this task {attempt - first_attempt + 1} times: {outcome.reason}",
+            usage=spent.usage,
             wall_time=round(time.perf_counter() - started, 3),
             trajectory=self._trajectory(task, attempt),
             attempts=attempt,
@@ -195,10 +225,13 @@ class GuestWorker:
         directory = self.options.trajectory_dir
         return str(directory / trajectory_name(task.key, attempt)) if directory is not None else None
 
-    async def _attempt(self, connection: GuestConnection, task: Task, attempt: int) -> TaskResult | _Died:
+    async def _attempt(
+        self, connection: GuestConnection, task: Task, attempt: int, spent: _Spent
+    ) -> TaskResult | _Died:
+        """One run of ``task``; its usage goes to ``spent`` (the result's is set by ``run``)."""
         path = self._trajectory(task, attempt)
         try:
-            options = task.run_options(self._run_options)
+            options = replace(task.run_options(self._run_options), on_event=spent.see)
             prompt = await trio.to_thread.run_sync(task.prompt, self.options.base_dir)
         except (TaskError, OSError, RlmError) as error:
             return self._error(task, f"cannot read the task: {_describe(error)}", attempt, path)
@@ -210,19 +243,12 @@ class GuestWorker:
             if connection.closed or _is_guest_death(error):
                 return _Died(_describe(error))
             return self._error(task, _describe(error), attempt, path)
-        usage = result.usage
         return TaskResult(
             id=task.id,
             status="ok" if result.answer is not None else "budget_stop",
             answer=result.answer,
             reason=None if result.answer is not None else result.detail,
             stop_reason=result.stop_reason,
-            usage=TokenUsage(
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                total_tokens=usage.total_tokens,
-                calls=usage.calls,
-            ),
             trajectory=str(result.trajectory_path) if result.trajectory_path else None,
             attempts=attempt,
             worker=self.name,
