@@ -15,6 +15,26 @@ LOOPER = "t-loop"
 
 KILL_CODE = "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)"
 
+#: Kills the Ray actor that runs the task (the first ``ray::`` process above the guest), as a
+#: lost node would; with a local guest that process is an ancestor of the session.
+KILL_ACTOR_CODE = """import os, signal
+pid = os.getpid()
+while pid > 1:
+    pid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    if open(f"/proc/{pid}/cmdline", "rb").read().startswith(b"ray::"):
+        os.kill(pid, signal.SIGKILL)
+        break
+"""
+
+
+def meet_code(directory: str, mine: str, other: str) -> str:
+    """Code that says it is here (a file) and waits until ``other`` is too."""
+    return (
+        f"import os, time\nopen(os.path.join({directory!r}, {mine!r}), 'w').close()\n"
+        f"while not os.path.exists(os.path.join({directory!r}, {other!r})):\n    time.sleep(0.02)\n"
+        "Final = 'met'"
+    )
+
 
 def fence(code: str) -> str:
     """A model reply with one fenced Python block."""
@@ -22,10 +42,18 @@ def fence(code: str) -> str:
 
 
 def script(request: ChatRequest) -> str:
-    """What the model does for a task: the prompt is ``answer=<value>``, ``KILL`` or ``LOOP``."""
+    """What the model does for a task: the prompt is ``answer=<value>``, ``KILL``, ``LOOP``,
+    ``DIE`` (kill the Ray actor) or ``MEET <dir> <mine> <other>`` (wait for another task)."""
     prefix = request.prompt_prefix
     if prefix.startswith("KILL"):
         return fence(KILL_CODE)
+    if prefix.startswith("DIE"):
+        return fence(KILL_ACTOR_CODE)
+    if prefix.startswith("MEET"):
+        if request.turn > 0:
+            return fence("Final = 'alone'")  # the first block timed out waiting
+        _, directory, mine, other = prefix.split()[:4]
+        return fence(meet_code(directory, mine, other))
     if prefix.startswith("LOOP"):
         return fence("print('still thinking')")
     return fence("Final = prompt.split('=', 1)[1].strip()")

@@ -4,7 +4,8 @@
 - ``results``: the result lines, the append-and-flush results file, the summary;
 - ``scoring``: exact and normalised match, or ``module:function``;
 - ``worker``: one guest serving several tasks at once, replaced when a task kills it;
-- ``local`` and ``ray_engine``: the two engines; ``run``: ``open_batch`` / ``run_batch``.
+- ``local`` and ``ray_engine``: the two engines (``ray_actor``: a Ray actor of the batch);
+  ``run``: ``open_batch`` / ``run_batch``.
 """
 
 from __future__ import annotations

@@ -35,6 +35,10 @@ class BatchOptions:
     ray_address: str | None = None
     #: CPUs a Ray actor asks for (what the scheduler counts when placing it).
     ray_actor_cpus: float = 1.0
+    #: New actors started in place of ones that died, in the whole batch (``None``: as many as
+    #: ``workers``); once spent, a dead actor is not replaced, and when none is left alive the
+    #: tasks not yet run are reported as errors.
+    ray_actor_replacements: int | None = None
     #: Where each task's trajectory goes (``<dir>/<id>.jsonl``); ``None``: the default place.
     trajectory_dir: Path | None = None
     #: Where relative ``file`` paths of tasks are found (the tasks file's folder).
@@ -47,6 +51,12 @@ class BatchOptions:
             raise ValueError("workers, sessions_per_worker and model_requests must be at least 1")
         if self.retries < 0:
             raise ValueError("retries cannot be negative")
+        if self.ray_actor_replacements is not None and self.ray_actor_replacements < 0:
+            raise ValueError("ray_actor_replacements cannot be negative")
+
+    def actor_replacements(self) -> int:
+        """How many dead Ray actors may be replaced in this batch."""
+        return self.workers if self.ray_actor_replacements is None else self.ray_actor_replacements
 
     def guest_options(self) -> GuestOptions:
         """How each worker starts its guest."""

@@ -1,16 +1,15 @@
 """The Ray engine: the batch's workers as Ray actors, tasks dispatched by this driver.
 
-Each actor owns one ``GuestWorker`` (so one guest) and runs its own trio loop in a thread of
-the actor process; ``run`` (a Ray method, called from up to ``sessions_per_worker`` Ray threads
-at once) hands a task to that loop and blocks until its result. The guest image is built, or
-found in the node's cache, when an actor starts (``build_image``), so a fresh node gets its
-image once and every node uses its own local copy.
+Each actor (``ray_actor.RayWorker``) owns one guest and serves up to ``sessions_per_worker``
+tasks on it at once.
 
 The driver keeps at most ``sessions_per_worker`` tasks in flight per actor (back-pressure: a
 million-line task file is never all in Ray's object store), gives each task to the least busy
 actor, and streams results back as ``ray.wait`` returns them. An actor that dies (its node was
-lost) costs only the tasks it was running: they go back to the queue, once each, for the other
-actors. The model bound ``model_requests`` is split evenly among the actors.
+lost) costs only the tasks it was running: they go back to the queue, once each, and a new
+actor takes its place, up to ``ray_actor_replacements`` times in a batch; when none is left
+alive, the tasks not yet run are reported as errors. The model bound ``model_requests`` is
+split evenly among the actors.
 
 Ray is imported only here and only when the engine runs: ``pip install 'rlm-host[ray]'``.
 """
@@ -27,76 +26,28 @@ import msgspec
 import trio
 
 from .options import BatchOptions
+from .ray_actor import RayWorker
 from .results import TaskResult
 from .tasks import Task
-from .worker import GuestWorker
 
-__all__ = ["RayWorker", "run_ray"]
+__all__ = ["run_ray"]
 
 #: Seconds between checks for a cancelled batch while the driver waits on Ray.
 _POLL = 0.2
-#: Seconds an actor gets to close its guest before it is killed.
+#: Seconds the actors get to close their guests at the end, before they are killed.
 _STOP_TIMEOUT = 30.0
 
-_task_decoder = msgspec.json.Decoder(Task)
 _result_decoder = msgspec.json.Decoder(TaskResult)
 
 
-class _QuietReporter:
-    def step(self, message: str) -> None:
-        print(f"[rlm image] {message}", flush=True)
+class _Actor:
+    """One actor of the pool as the driver sees it: its handle and its tasks in flight."""
 
-    def detail(self, message: str) -> None:
-        pass
-
-
-class RayWorker:
-    """The actor: one ``GuestWorker`` in a trio loop of its own (a thread of the actor)."""
-
-    def __init__(self, options: BatchOptions, name: str, model_requests: int) -> None:
-        if options.run.isolation == "vm":
-            from ..vm.image import build_image
-
-            build_image("debian", reporter=_QuietReporter())  # a cache hit after the first
-        self._options = options
-        self._name = name
-        self._model_requests = model_requests
-        self._ready = threading.Event()
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._stop: trio.Event | None = None
-        self._worker: GuestWorker | None = None
-        self._thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True, name="rlm-trio")
-        self._thread.start()
-        self._ready.wait()
-
-    async def _main(self) -> None:
-        self._token = trio.lowlevel.current_trio_token()
-        self._stop = trio.Event()
-        self._worker = GuestWorker(self._name, self._options, trio.CapacityLimiter(self._model_requests))
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._worker.keep)
-                self._ready.set()
-                await self._stop.wait()
-                nursery.cancel_scope.cancel()
-        finally:
-            self._ready.set()
-
-    def run(self, task_json: bytes) -> bytes:
-        """Run one task (JSON) on this actor's guest; its ``TaskResult`` as JSON."""
-        assert self._worker is not None and self._token is not None
-        task = _task_decoder.decode(task_json)
-        result = trio.from_thread.run(self._worker.run, task, trio_token=self._token)
-        return msgspec.json.encode(result)
-
-    def stop(self) -> None:
-        """Close the guest and end the trio loop."""
-        if self._token is not None and self._stop is not None and self._thread.is_alive():
-            try:
-                trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
-            except trio.RunFinishedError:
-                pass
-        self._thread.join(_STOP_TIMEOUT)
+    def __init__(self, handle: Any, name: str) -> None:
+        self.handle = handle
+        self.name = name
+        self.load = 0
+        self.alive = True
 
 
 class _Dispatcher:
@@ -116,7 +67,11 @@ class _Dispatcher:
         self.on_start = on_start
         self.stop = stop
         self.requeued: deque[Task] = deque()
+        #: Tasks whose actor died under them once (they are in ``requeued`` or running again).
         self.lost: set[str] = set()
+        self.actors: list[_Actor] = []
+        self.replacements = 0
+        self._new_actor: Callable[[str], Any] = lambda name: None
 
     def run(self) -> None:
         # Workers run this interpreter, with rlm-host installed on every node. Ray's default
@@ -140,64 +95,70 @@ class _Dispatcher:
             scheduling_strategy="SPREAD",
         )
         share = max(1, options.model_requests // options.workers)
-        actors: list[Any] = [actor_class.remote(options, f"ray{i}", share) for i in range(options.workers)]
+        self._new_actor = lambda name: actor_class.remote(options, name, share)
+        for _ in range(options.workers):
+            self._add_actor()
         try:
-            self._dispatch(ray, actors)
+            self._dispatch(ray)
         finally:
+            alive = [actor.handle for actor in self.actors if actor.alive]
             try:
-                ray.get([actor.stop.remote() for actor in actors], timeout=_STOP_TIMEOUT)
-            except Exception:  # noqa: BLE001 - a dead actor has nothing left to stop
+                ray.get([handle.stop.remote() for handle in alive], timeout=_STOP_TIMEOUT)
+            except Exception:  # noqa: BLE001 - one that died meanwhile has nothing left to stop
                 pass
-            for actor in actors:
-                ray.kill(actor)
+            for actor in self.actors:
+                ray.kill(actor.handle)
             if started_ray:
                 ray.shutdown()
+
+    def _add_actor(self) -> None:
+        name = f"ray{len(self.actors)}"
+        self.actors.append(_Actor(self._new_actor(name), name))
 
     def _next(self) -> Task | None:
         if self.requeued:
             return self.requeued.popleft()
         return next(self.tasks, None)
 
-    def _dispatch(self, ray: Any, actors: list[Any]) -> None:
+    def _dispatch(self, ray: Any) -> None:
         capacity = self.options.sessions_per_worker
-        load = [0] * len(actors)
-        alive = [True] * len(actors)
-        in_flight: dict[Any, tuple[int, Task]] = {}
+        in_flight: dict[Any, tuple[_Actor, Task]] = {}
         exhausted = False
         while not self.stop.is_set():
             while not exhausted:
-                free = [i for i in range(len(actors)) if alive[i] and load[i] < capacity]
+                free = [actor for actor in self.actors if actor.alive and actor.load < capacity]
                 if not free:
                     break
                 task = self._next()
                 if task is None:
                     exhausted = True
                     break
-                index = min(free, key=lambda i: load[i])
-                ref = actors[index].run.remote(msgspec.json.encode(task))
-                in_flight[ref] = (index, task)
-                load[index] += 1
-                self.on_start(task)
+                actor = min(free, key=lambda candidate: candidate.load)
+                retried = task.key in self.lost
+                ref = actor.handle.run.remote(msgspec.json.encode(task), 2 if retried else 1)
+                in_flight[ref] = (actor, task)
+                actor.load += 1
+                if not retried:
+                    self.on_start(task)
             if not in_flight:
+                if not any(actor.alive for actor in self.actors):
+                    self._report_the_rest()
+                    return
                 if exhausted and not self.requeued:
                     return
-                if not any(alive):
-                    raise RuntimeError("every Ray actor of the batch died")
                 exhausted = False
                 continue
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=_POLL)
             for ref in ready:
-                index, task = in_flight.pop(ref)
-                load[index] -= 1
+                actor, task = in_flight.pop(ref)
+                actor.load -= 1
                 try:
                     result = _result_decoder.decode(ray.get(ref))
                 except ray.exceptions.RayActorError as error:
-                    alive[index] = False
-                    if not any(alive):
-                        raise RuntimeError(f"every Ray actor of the batch died; the last: {error}") from error
+                    self._died(ray, actor)
                     if task.key in self.lost:
                         result = TaskResult(
-                            id=task.id, status="error", attempts=2, worker=f"ray{index}",
+                            id=task.id, status="error", attempts=2, worker=actor.name,
                             reason=f"its Ray actor died twice: {type(error).__name__}",
                         )
                     else:
@@ -206,6 +167,29 @@ class _Dispatcher:
                         exhausted = False
                         continue
                 self.deliver(result)
+
+    def _died(self, ray: Any, actor: _Actor) -> None:
+        """``actor`` died (each of its tasks in flight reports it): replace it, if allowed."""
+        if not actor.alive:
+            return
+        actor.alive = False
+        ray.kill(actor.handle)  # a process that is only unreachable must not come back
+        if self.replacements < self.options.actor_replacements():
+            self.replacements += 1
+            self._add_actor()
+
+    def _report_the_rest(self) -> None:
+        """Every actor died and none may replace them: each task not run yet is an error."""
+        died = len(self.actors)
+        reason = (
+            f"no Ray actor left to run it: {died} actors died, {self.replacements} of them replaced "
+            f"(ray_actor_replacements={self.options.actor_replacements()})"
+        )
+        while (task := self._next()) is not None:
+            if task.key not in self.lost:
+                self.on_start(task)
+            attempts = 1 if task.key in self.lost else 0
+            self.deliver(TaskResult(id=task.id, status="error", reason=reason, attempts=attempts))
 
 
 async def run_ray(
