@@ -217,6 +217,19 @@ async def exec_workloads(conn: GuestConnection, repeat: int, concurrency: list[i
     out["new_session"] = _stats(opens)
     out["new_session_first_exec"] = _stats(firsts)
     out["close_session"] = _stats(closes)
+    # The same after a pause, as in a run where model calls come between sessions: the guest
+    # may prepare the next session's process while the host is away.
+    opens, firsts = [], []
+    for _ in range(max(10, repeat // 10)):
+        await trio.sleep(0.2)
+        t = time.perf_counter()
+        session = await conn.open_session()
+        t1 = time.perf_counter()
+        await session.exec("pass")
+        opens.append(t1 - t), firsts.append(time.perf_counter() - t1)
+        await session.close()
+    out["new_session_after_pause"] = _stats(opens)
+    out["new_session_after_pause_first_exec"] = _stats(firsts)
 
     async def echo(call: HostCall) -> Any:
         return call.payload

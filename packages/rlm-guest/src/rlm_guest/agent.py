@@ -64,7 +64,7 @@ from .shared import KEEP_AT_MOST, SharedBuffer, SharedFrame
 # Imported here, before any fork, so that every session process starts with the session code
 # already loaded: imported in the child, it cost each new session's first block ~40 ms natively
 # and ~0.4 s under TCG (bench: new_session_first_exec).
-from .worker import worker_main
+from .worker import Activate, worker_main
 
 __all__ = ["Agent", "DEFAULT_LIMITS", "INTERRUPT_GRACE_SECONDS"]
 
@@ -157,6 +157,8 @@ class Agent:
         self._by_fd: dict[int, _Worker] = {}
         self._selector = selectors.DefaultSelector()
         self._spawned = 0
+        #: A session process forked ahead of time, set up but not yet any session's.
+        self._spare: _Worker | None = None
         #: The shared buffer kept for the next large frame (``shared.py``), if any.
         self._pool: SharedBuffer | None = None
         #: When the pending stray sweep must run (see ``_discard``), or None.
@@ -375,6 +377,9 @@ class Agent:
                 f"host speaks protocol {frame.protocol[0]}.{frame.protocol[1]}, this guest "
                 f"{PROTOCOL_VERSION[0]}.{PROTOCOL_VERSION[1]}: majors differ"
             )
+        # Not before: a process forked before a VM snapshot would share its random state with
+        # every restored VM.
+        self._ensure_spare()
 
     def _on_open_session(self, frame: Frame) -> None:
         assert isinstance(frame, OpenSession)
@@ -432,6 +437,9 @@ class Agent:
             return
         self._discard(worker)
         self.send(SessionClosed(session=frame.session, call=frame.call))
+        # After the reply, and at a fixed point of the frame stream rather than whenever the
+        # agent is idle, so that what a session sees in the process table is deterministic.
+        self._ensure_spare()
 
     def _on_shutdown(self, frame: Frame) -> None:
         self._drop_all()
@@ -441,6 +449,22 @@ class Agent:
     # --- session processes ------------------------------------------------------------------
 
     def _spawn(self, session: str, cwd: str | None) -> _Worker:
+        """Give ``session`` a fresh process: the spare if there is one."""
+        worker, self._spare = self._spare, None
+        if worker is None:
+            worker = self._fork_worker()
+        worker.session, worker.cwd = session, cwd
+        self._to_worker(worker, self._encoder.encode(Activate(session=session, cwd=cwd)))
+        self._workers[session] = worker
+        return worker
+
+    def _ensure_spare(self) -> None:
+        # Forking costs ~16 ms under TCG and the new process's setup about as much again; a
+        # spare does both ahead of time, so that opening a session only names it.
+        if self._spare is None:
+            self._spare = self._fork_worker()
+
+    def _fork_worker(self) -> _Worker:
         parent_sock, child_sock = socket.socketpair()
         self._spawned += 1
         first_call_id = self._spawned * _CALL_ID_BLOCK + 1
@@ -452,11 +476,9 @@ class Agent:
                 self._close_inherited()
                 worker_main(
                     child_sock,
-                    session_id=session,
                     first_call_id=first_call_id,
                     max_output_chars=self.limits.max_output_chars,
                     max_frame_bytes=self.limits.max_frame_bytes,
-                    cwd=cwd,
                 )
             except BaseException:
                 traceback.print_exc()
@@ -465,15 +487,14 @@ class Agent:
         child_sock.close()
         parent_sock.setblocking(False)
         worker = _Worker(
-            session=session,
-            cwd=cwd,
+            session="",
+            cwd=None,
             pid=pid,
             sock=parent_sock,
             decoder=FrameDecoder(self.limits.max_frame_bytes),
         )
         # Before the process can run any code (it runs blocks only when we forward them).
         worker.cgroup = self._cgroups.place(f"{os.getpid()}-{self._spawned}", pid)
-        self._workers[session] = worker
         self._by_fd[parent_sock.fileno()] = worker
         self._selector.register(parent_sock, selectors.EVENT_READ, None)
         return worker
@@ -486,7 +507,7 @@ class Agent:
                 os.close(fd)
             except OSError:
                 pass
-        for worker in self._workers.values():
+        for worker in [*self._workers.values(), *([self._spare] if self._spare else [])]:
             worker.sock.close()
             for buffer in worker.lent:
                 buffer.close()
@@ -496,7 +517,10 @@ class Agent:
 
     def _discard(self, worker: _Worker) -> None:
         """Kill every process of the session and forget it."""
-        self._workers.pop(worker.session, None)
+        if worker is self._spare:
+            self._spare = None
+        else:
+            self._workers.pop(worker.session, None)
         self._by_fd.pop(worker.sock.fileno(), None)
         self._selector.unregister(worker.sock)
         worker.sock.close()
@@ -540,13 +564,18 @@ class Agent:
     def _kill_strays(self) -> None:
         """Kill what left its session (``setsid``) or outlived a session that is gone."""
         self._sweep_due = None
-        killed = kill_strays({w.pid for w in self._workers.values()})
+        live = {w.pid for w in self._workers.values()}
+        if self._spare is not None:
+            live.add(self._spare.pid)
+        killed = kill_strays(live)
         if killed:
             self.log(f"killed {killed} processes outside every live session")
 
     def _drop_all(self) -> None:
         for worker in list(self._workers.values()):
             self._discard(worker)
+        if self._spare is not None:
+            self._discard(self._spare)
         if self._sweep_due is not None:
             self._kill_strays()  # the loop that would sweep later stops here
 
@@ -626,6 +655,10 @@ class Agent:
             return
         except OSError:
             data = self._receive_buffer[:0]
+        if worker is self._spare:
+            # A spare has nothing to say; it ended (or broke): fork another when one is due.
+            self._discard(worker)
+            return
         if not data:
             self._reset(worker, self._death_error(worker.pid))
             return

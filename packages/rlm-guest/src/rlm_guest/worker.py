@@ -18,6 +18,8 @@ import sys
 import threading
 import traceback
 
+import msgspec
+
 from rlm_protocol import (
     HEADER_BYTES,
     ErrorFrame,
@@ -38,7 +40,7 @@ from .capture import Capture
 from .session import HostCalls, Session, install_sigint
 from .shared import ANCILLARY_BYTES, BufferReleased, read_shared, received_fds
 
-__all__ = ["BlockStarted", "worker_main"]
+__all__ = ["Activate", "BlockStarted", "worker_main"]
 
 #: Frames still missing more than this are received in one tight loop, straight into their own
 #: buffer, instead of growing the decoder's buffer chunk by chunk (copies are slow under TCG).
@@ -51,6 +53,17 @@ class BlockStarted(Frame, frozen=True, tag="block_started"):
 
     session: str
     call: int
+
+
+class Activate(Frame, frozen=True, tag="activate"):
+    """Agent to worker only, its first frame: the process (forked ahead of time as a spare)
+    now serves session ``session``."""
+
+    session: str
+    cwd: str | None = None
+
+
+_activate_decoder = msgspec.msgpack.Decoder(Activate)
 
 _PR_SET_PDEATHSIG = 1
 
@@ -103,16 +116,24 @@ class _Link:
             self.sock.sendall(view)
 
 
+def _await_activation(sock: socket.socket) -> Activate:
+    # Exactly one frame, so that whatever follows it stays in the socket for the reader.
+    header = sock.recv(HEADER_BYTES, socket.MSG_WAITALL)
+    if len(header) < HEADER_BYTES:
+        os._exit(0)  # the agent dropped this spare
+    body = sock.recv(int.from_bytes(header, "big"), socket.MSG_WAITALL)
+    return _activate_decoder.decode(body)
+
+
 def worker_main(
     sock: socket.socket,
     *,
-    session_id: str,
     first_call_id: int,
     max_output_chars: int,
     max_frame_bytes: int,
-    cwd: str | None,
 ) -> None:
-    """Serve one session until the agent closes the socket; never returns normally."""
+    """Set up, wait to be given a session, serve it until the agent closes the socket; never
+    returns normally."""
     os.setsid()
     _die_with_parent()
     _oom_first()
@@ -122,25 +143,34 @@ def worker_main(
     os.close(devnull)
     capture = Capture()
     link = _Link(sock, max_frame_bytes)
-    host_calls = HostCalls(link.send, first_call_id)
-    session = Session(
-        session_id,
-        send=link.send,
-        host_calls=host_calls,
-        capture=capture,
-        max_output_chars=max_output_chars,
-        cwd=cwd,
-        on_started=lambda call: link.send(BlockStarted(session=session_id, call=call)),
-    )
+    sessions: queue.SimpleQueue[Session] = queue.SimpleQueue()
+    jobs: queue.SimpleQueue[Exec | None] = queue.SimpleQueue()
+
+    def serve() -> None:
+        try:
+            activation = _await_activation(sock)
+            session_id = activation.session
+            host_calls = HostCalls(link.send, first_call_id)
+            session = Session(
+                session_id,
+                send=link.send,
+                host_calls=host_calls,
+                capture=capture,
+                max_output_chars=max_output_chars,
+                cwd=activation.cwd,
+                on_started=lambda call: link.send(BlockStarted(session=session_id, call=call)),
+            )
+            sessions.put(session)
+        except BaseException:
+            traceback.print_exc(file=sys.__stderr__)
+            os._exit(70)
+        _read_frames(sock, max_frame_bytes, session, host_calls, link, jobs)
+
+    # Started before the process has a session: whatever a spare can do ahead of time, it does.
+    threading.Thread(target=serve, name="agent-reader", daemon=True).start()
+    session = sessions.get()
     if session.cwd and os.path.isdir(session.cwd):
         os.chdir(session.cwd)
-    jobs: queue.SimpleQueue[Exec | None] = queue.SimpleQueue()
-    threading.Thread(
-        target=_read_frames,
-        args=(sock, max_frame_bytes, session, host_calls, link, jobs),
-        name="agent-reader",
-        daemon=True,
-    ).start()
     install_sigint(session)
     while True:
         job = jobs.get()
