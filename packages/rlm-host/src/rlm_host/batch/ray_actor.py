@@ -88,6 +88,8 @@ class _WorkerLoop:
             raise self._failure(self._ended or error) from None
 
     def _failure(self, ended: BaseException | None) -> WorkerError:
+        while isinstance(ended, BaseExceptionGroup) and len(ended.exceptions) == 1:
+            ended = ended.exceptions[0]  # the nursery's group around keep's WorkerError
         if isinstance(ended, WorkerError):
             return ended
         return WorkerError(f"worker {self.name}: its trio loop ended: {ended!r}")
