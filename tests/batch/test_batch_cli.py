@@ -94,7 +94,10 @@ def test_batch_takes_the_model_and_budget_options_of_run() -> None:
     app = typer.Typer()
     app.command()(batch)
     shown = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"}).output
-    for option in ("--model", "--llm-url", "--max-steps", "--max-tokens", "--isolation", "--workers", "--resume"):
+    for option in (
+        "--model", "--llm-url", "--max-steps", "--max-tokens", "--isolation", "--workers", "--resume",
+        "--ray-actor-replacements",
+    ):
         assert option in shown
     assert "max_steps" in SHARED_RUN_OPTIONS
     options = _run_options({"max_steps": 5, "model": "m", "not_a_run_option": 1})

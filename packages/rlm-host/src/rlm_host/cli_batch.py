@@ -111,6 +111,9 @@ def _batch(
     model_requests: Annotated[int, typer.Option(help="Model requests in flight across the pool.")] = 8,
     engine: Annotated[EngineChoice, typer.Option(help="local: VMs on this machine. ray: Ray actors.")] = EngineChoice.local,
     ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start Ray locally).")] = None,
+    ray_actor_replacements: Annotated[
+        Optional[int], typer.Option(help="Ray actors started in place of dead ones, in all (default: --workers).")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Keep RESULTS and skip the ids already in it.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Start RESULTS afresh if it exists.")] = False,
     scorer: Annotated[str, typer.Option(help="exact, normalised, or module:function for tasks with 'expected'.")] = "normalised",
@@ -140,6 +143,7 @@ def _batch(
             model_requests=model_requests,
             engine=engine.value,
             ray_address=ray_address,
+            ray_actor_replacements=ray_actor_replacements,
             trajectory_dir=(trajectories or output.with_name(output.stem + ".trajectories")).absolute(),
             base_dir=tasks.parent.absolute(),
             scorer=scorer,
