@@ -11,6 +11,11 @@ from .agent import DEFAULT_LIMITS, Agent
 from .channel import Channel, DeviceChannel, StdioChannel
 
 
+#: The shared buffer for large frames allocated when the agent starts in a VM: a 16 MiB prompt
+#: (the largest frame in practice) with its envelope, rounded up.
+SHARED_BYTES_IN_A_VM = 17 << 20
+
+
 def _protect_from_oom() -> None:
     # In a VM the agent is the guest: if the OOM killer took it, the VM would power off. A
     # block that eats the memory is killed instead (its session process resets the session).
@@ -44,7 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         max_sessions=DEFAULT_LIMITS.max_sessions,
     )
     # In a VM the agent is root and alone: a cgroup per session (caps, atomic kill).
-    return Agent(channel, diagnostic, limits, cgroups=bool(options.device)).serve()
+    return Agent(
+        channel,
+        diagnostic,
+        limits,
+        cgroups=bool(options.device),
+        shared_bytes=SHARED_BYTES_IN_A_VM if options.device else 0,
+    ).serve()
 
 
 if __name__ == "__main__":

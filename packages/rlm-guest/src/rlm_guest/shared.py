@@ -45,19 +45,24 @@ class BufferReleased(Frame, frozen=True, tag="buffer_released"):
 class SharedBuffer:
     """A memfd and the agent's writable mapping of it."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, *, populate: bool = False) -> None:
         self.fd = os.memfd_create("rlm-frame", os.MFD_CLOEXEC)
         self.capacity = 0
         self.map = mmap.mmap(-1, 1)  # replaced at once by ``grow``
-        self.grow(capacity)
+        self.grow(capacity, populate=populate)
 
-    def grow(self, capacity: int) -> None:
-        """Make room for ``capacity`` bytes; the pages already touched stay allocated."""
+    def grow(self, capacity: int, *, populate: bool = False) -> None:
+        """Make room for ``capacity`` bytes; the pages already touched stay allocated.
+
+        ``populate`` allocates and maps every page now (``MAP_POPULATE``) rather than on first
+        touch, one page fault at a time.
+        """
         if capacity <= self.capacity:
             return
         self.map.close()
         os.ftruncate(self.fd, capacity)
-        self.map = mmap.mmap(self.fd, capacity)
+        flags = mmap.MAP_SHARED | (mmap.MAP_POPULATE if populate else 0)
+        self.map = mmap.mmap(self.fd, capacity, flags=flags)
         self.capacity = capacity
 
     def reader_fd(self) -> int:
