@@ -30,6 +30,14 @@ async def test_guest_kernel_is_not_the_host_kernel(shared_vm: SharedVM) -> None:
     assert guest_release == find_image().manifest.kernel_release
 
 
+async def test_a_kernel_lockup_ends_the_vm(shared_vm: SharedVM) -> None:
+    """A soft lockup panics (and a panic ends QEMU): a stuck guest is a dead VM, not a hang."""
+    result = await run_block(
+        shared_vm, "cat /proc/sys/kernel/softlockup_panic /proc/sys/kernel/panic", "bash"
+    )
+    assert result.stdout.text.split() == ["1", "-1"]
+
+
 async def test_tmp_file_stays_in_the_guest(shared_vm: SharedVM) -> None:
     name = f"/tmp/rlm-vm-test-{uuid.uuid4().hex}"
     result = await run_block(shared_vm, f"echo inside > {name} && cat {name}", "bash")

@@ -75,3 +75,31 @@ async def test_qemu_that_cannot_start_raises_vm_died_error_with_its_message(tmp_
             pass  # pragma: no cover - never reached
     assert caught.value.returncode not in (None, 0)
     assert "qemu said" in str(caught.value)
+
+
+async def test_a_silent_qmp_does_not_hang_a_restore(tmp_path: Path) -> None:
+    """QEMU that accepts the QMP connection but never answers: the start times out, typed."""
+    import socket
+    import subprocess
+    import sys
+
+    import trio
+
+    from rlm_host.vm.errors import BootTimeoutError
+    from rlm_host.vm.qemu import VM
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "qmp.sock"))
+    listener.listen(1)
+    console = tmp_path / "console.log"
+    console.write_text("")
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        vm = VM(stand_in, tmp_path, console, ["qemu-stand-in"])
+        with trio.fail_after(30):  # a guard against the hang itself, not a timing assertion
+            with pytest.raises(BootTimeoutError, match="QMP did not answer"):
+                await vm._resume(trio.current_time() + 0.5)
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+        listener.close()

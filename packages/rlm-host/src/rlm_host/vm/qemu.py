@@ -52,6 +52,9 @@ _KERNEL_ARGS = (
     "console=ttyS0", "quiet", "panic=-1", "mitigations=off", "nokaslr", "tsc=reliable",
     "no_timer_check", "cryptomgr.notests", "random.trust_cpu=on", "audit=0", "8250.nr_uarts=1",
     "i8042.noaux", "i8042.nokbd", "i8042.nopnp",
+    # A guest kernel stuck in a soft lockup panics, and panic=-1 with -no-reboot ends QEMU: the
+    # host sees a dead VM (and a batch retries its tasks) instead of a guest that never answers.
+    "softlockup_panic=1",
 )
 _QBOOT = Path("/usr/share/qemu/qboot.rom")
 _CONSOLE_TAIL_BYTES = 64 * 1024
@@ -382,18 +385,22 @@ class VM:
                     raise VMError(f"QMP {command} failed while restoring the snapshot: {answer['error']}")
                 return answer.get("return")
 
-            await reply()  # greeting
-            await execute("qmp_capabilities")
-            # The saved VM was stopped, so the loaded one stays paused: "cont" once loaded.
-            while True:
-                status = await execute("query-status")
-                if not isinstance(status, dict) or status.get("status") != "inmigrate":
-                    break
-                if trio.current_time() > deadline:
-                    raise BootTimeoutError("loading the VM snapshot took too long", console_tail=self.console_tail())
-                await trio.sleep(0.005)
-            await execute("cont")
-            self._resumed_at = time.monotonic()
+            # A QEMU that accepted the connection but never answers must not hang the start.
+            with trio.move_on_at(deadline):
+                await reply()  # greeting
+                await execute("qmp_capabilities")
+                # The saved VM was stopped, so the loaded one stays paused: "cont" once loaded.
+                while True:
+                    status = await execute("query-status")
+                    if not isinstance(status, dict) or status.get("status") != "inmigrate":
+                        break
+                    await trio.sleep(0.005)
+                await execute("cont")
+                self._resumed_at = time.monotonic()
+                return
+            raise BootTimeoutError(
+                "restoring the VM snapshot took too long (QMP did not answer)", console_tail=self.console_tail()
+            )
 
     def _compute_timings(self, total: float, socket_at: float) -> None:
         t = self.timings
