@@ -320,6 +320,21 @@ class GuestConnection:
         for scope in self._host_call_scopes.pop(session_id, ()):
             scope.cancel()
 
+    async def abandon(self, reason: str) -> GuestDiedError:
+        """Declare the guest dead although its channel is open (it stopped answering).
+
+        Every waiter gets the returned error and the stream is closed; what runs the guest
+        (``open_vm``, a batch pool) then kills it like a guest that exited.
+        """
+        if self._death is None:
+            self._die(await self._died(reason))
+        with trio.CancelScope(shield=True):
+            await self._stream.aclose()
+        assert self._death is not None
+        if isinstance(self._death, GuestDiedError):
+            return self._death
+        return GuestDiedError(reason)
+
     # --- reading -----------------------------------------------------------------------------
 
     async def _died(self, reason: str) -> GuestDiedError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,11 @@ __all__ = ["Session"]
 #: After a cancelled ``exec``, how long to wait for the guest to confirm the interrupt: the
 #: guest's grace period (2 s) plus the time to kill and restart a stuck session.
 INTERRUPT_CONFIRM_SECONDS = 5.0
+
+#: A block with a timeout that has no result this long after its timeout means the guest itself
+#: is stuck (its own timeout, interrupt and kill would have answered by then): the guest is
+#: declared dead rather than waited for forever. Generous: the guest is slow under TCG.
+HUNG_GUEST_SECONDS = 30.0
 
 
 class Session:
@@ -111,7 +117,8 @@ class Session:
 
         Raises:
             SessionError: the guest refused (``session_busy``, ``unknown_session``...).
-            GuestDiedError: the guest went away.
+            GuestDiedError: the guest went away, or gave no result ``HUNG_GUEST_SECONDS``
+                after ``timeout`` (it is stuck: the connection is closed).
         """
         self._check_open()
         connection = self.connection
@@ -121,7 +128,14 @@ class Session:
             await connection.send(
                 Exec(session=self.id, call=call, code=code, language=language, timeout=timeout)
             )
-            result = await connection.reply(pending, call, ExecResult)
+            limit = math.inf if timeout is None else timeout + HUNG_GUEST_SECONDS
+            with trio.move_on_after(limit) as waited:
+                result = await connection.reply(pending, call, ExecResult)
+            if waited.cancelled_caught:
+                raise await connection.abandon(
+                    f"the guest did not answer a block {limit:.0f} s after it started (its timeout"
+                    f" was {timeout} s): the guest is hung"
+                )
         except trio.Cancelled:
             # Stop the block, and wait (bounded) for it to end, so that the session is free
             # again when this cancellation has finished.
