@@ -97,6 +97,9 @@ _SWEEP_AT_THE_LATEST = 1.0
 #: How often a busy loop reaps the orphans of model code (an idle one reaps at once).
 _REAP_EVERY = 0.5
 
+#: The longest a closed session's teardown and reply wait for the agent to be idle.
+_CLOSE_AT_THE_LATEST = 0.05
+
 _WORKER_FRAMES = frozenset({"set_vars", "exec", "host_call_reply"})
 
 #: Large frames of these kinds reach their session process in a shared buffer (``shared.py``);
@@ -141,6 +144,8 @@ class _Worker:
     lost: bool = False
     #: Its cgroup (in a VM), or None.
     cgroup: str | None = None
+    #: ``cgroup.kill`` was written: the teardown left is waiting for the cgroup to empty.
+    killed: bool = False
 
 
 class Agent:
@@ -175,6 +180,10 @@ class Agent:
         self._reap_due = 0.0
         #: When the pending stray sweep must run (see ``_discard``), or None.
         self._sweep_due: float | None = None
+        #: Closed sessions whose processes were sent SIGKILL but whose teardown (waiting for
+        #: the cgroup to empty, reaping, the reply, the next spare) waits for a quiet moment,
+        #: with the ``CloseSession`` and when it came: see ``_on_close_session``.
+        self._closing: collections.deque[tuple[_Worker, CloseSession, float]] = collections.deque()
         #: Reused for every read from a session (no 1 MiB allocation per ``recv``).
         self._receive_buffer = memoryview(bytearray(1 << 20))
         # Orphans of model code become our children, so that kill_strays finds them.
@@ -267,6 +276,10 @@ class Agent:
                     if mask & selectors.EVENT_READ:
                         self._from_worker(worker)
                 self._run_timers()
+                if self._closing and (
+                    not events or time.monotonic() - self._closing[0][2] >= _CLOSE_AT_THE_LATEST
+                ):
+                    self._finish_close()
                 if not events or time.monotonic() >= self._reap_due:
                     # Orphans of model code only; a session's own processes are reaped where
                     # it ends. Not every loop turn: a waitpid per frame is a syscall wasted.
@@ -276,6 +289,8 @@ class Agent:
             self._selector.unregister(host_fd)
 
     def _next_timeout(self) -> float | None:
+        if self._closing:
+            return 0.0  # only look for ready frames before the next teardown
         deadlines = [
             moment
             for worker in self._workers.values()
@@ -453,13 +468,24 @@ class Agent:
         if worker is None:
             self._unknown_session(frame.session, frame.call)
             return
-        self._discard(worker)
+        # The session is gone for the host at once (its frames are refused, its processes got
+        # SIGKILL); the rest of the teardown costs ~10-30 ms under TCG, most of it the next
+        # spare's fork, and waits until no frame is ready (at most _CLOSE_AT_THE_LATEST): when
+        # a parent's children end together, their closes must not hold up the parent's result.
+        self._discard(worker, wait=False)
+        self._closing.append((worker, frame, time.monotonic()))
+
+    def _finish_close(self) -> None:
+        worker, frame, _ = self._closing.popleft()
+        self._finish_discard(worker)
         self.send(SessionClosed(session=frame.session, call=frame.call))
         # After the reply, and at a fixed point of the frame stream rather than whenever the
         # agent is idle, so that what a session sees in the process table is deterministic.
         self._ensure_spare()
 
     def _on_shutdown(self, frame: Frame) -> None:
+        while self._closing:
+            self._finish_close()
         self._drop_all()
         self.send(Bye())
         raise _Stop
@@ -533,8 +559,12 @@ class Agent:
             self._pool.close()
         self._selector.close()
 
-    def _discard(self, worker: _Worker) -> None:
-        """Kill every process of the session and forget it."""
+    def _discard(self, worker: _Worker, *, wait: bool = True) -> None:
+        """Kill every process of the session and forget it.
+
+        ``wait=False`` only starts the kill when the session's cgroup can do it at once;
+        ``_finish_discard`` completes it.
+        """
         if worker is self._spare:
             self._spare = None
         else:
@@ -548,15 +578,31 @@ class Agent:
         worker.outgoing.clear()
         while worker.lent:
             self._give_back(worker.lent.popleft())
-        if worker.cgroup is not None and self._cgroups.kill(worker.cgroup):
+        if not wait:
+            # A killed process's memory is torn down on the CPU, in its own context: at the
+            # lowest priority, that work does not slow the sessions still running (the parent
+            # whose children just ended, say).
+            try:
+                os.setpriority(os.PRIO_PROCESS, worker.pid, 19)
+            except OSError:
+                pass
+        if worker.cgroup is not None and self._cgroups.start_kill(worker.cgroup):
+            worker.killed = True
+            if wait:
+                self._finish_discard(worker)
+            return
+        kill_session(worker.pid)
+        self._kill_strays()
+        reap_children()
+
+    def _finish_discard(self, worker: _Worker) -> None:
+        if worker.killed and worker.cgroup is not None:
+            self._cgroups.remove(worker.cgroup)
             # Everything the session started was in its cgroup and is dead now, unless it moved
             # itself out (model code is root): the sweep finds such a process later. Two /proc
             # scans here cost a close ~40 ms under TCG.
             self._sweep_requested()
-        else:
-            kill_session(worker.pid)
-            self._kill_strays()
-        reap_children()
+            reap_children()
 
     def _kill_leftovers(self, worker: _Worker) -> None:
         """Kill everything a session's process started, sparing the process itself."""
@@ -590,6 +636,8 @@ class Agent:
             self.log(f"killed {killed} processes outside every live session")
 
     def _drop_all(self) -> None:
+        while self._closing:  # no reply: the host is gone or said goodbye
+            self._finish_discard(self._closing.popleft()[0])
         for worker in list(self._workers.values()):
             self._discard(worker)
         if self._spare is not None:

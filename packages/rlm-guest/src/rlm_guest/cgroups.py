@@ -94,23 +94,39 @@ class SessionCgroups:
         except OSError:
             return []
 
-    @staticmethod
-    def kill(path: str, timeout: float = 2.0) -> bool:
+    @classmethod
+    def kill(cls, path: str, timeout: float = 2.0) -> bool:
         """Kill every process of the cgroup at once, wait until it is empty, remove it.
 
         False when the kill could not be asked for (the cgroup is gone or unusable): the caller
         must then find the processes itself.
         """
+        if not cls.start_kill(path):
+            return False
+        cls.remove(path, timeout)
+        return True
+
+    @staticmethod
+    def start_kill(path: str) -> bool:
+        """Send SIGKILL to every process of the cgroup (``cgroup.kill``) without waiting.
+
+        Nothing in the cgroup runs model code again after this returns True: the kernel
+        delivers the signal to every member, and new forks into the cgroup fail.
+        """
         try:
             _write(f"{path}/cgroup.kill", "1")
         except OSError:
             return False
+        return True
+
+    @staticmethod
+    def remove(path: str, timeout: float = 2.0) -> None:
+        """Wait (at most ``timeout``) until a killed cgroup is empty, then remove it."""
         _wait_empty(path, timeout)
         try:
             os.rmdir(path)
         except OSError:
             pass
-        return True
 
 
 def _wait_empty(path: str, timeout: float) -> None:
