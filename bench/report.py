@@ -71,6 +71,11 @@ def table(r: dict[str, Any]) -> str:
         def cmp(key: str) -> str:
             return f"rlms {_ms(s.get(key)) if key == 'step_overhead' else _s(s.get(key))}; ours/rlms {ratio.get(key, '–')}"
         rows.append(("host time per step (no model latency)", _ms(o.get("step_overhead")), cmp("step_overhead"), "≤ 5 ms"))
+        parts = o.get("step_parts")
+        if parts and o.get("step_overhead") is not None:
+            rest = o["step_overhead"] - parts["engine"] - parts["exec"]
+            rows.append(("… of which (medians)", f"engine {_ms(parts['engine'])}",
+                         f"guest exec round trip {_ms(parts['exec'])}; HTTP client and server {_ms(max(rest, 0.0))}", ""))
         rows.append(("`rlm run` start to first request (16 MiB)", _s(o.get("start_to_first_request")), cmp("start_to_first_request"), "≤ rlms"))
         rows.append(("8 batched children, 1 s latency", _s(o.get("children_8")), cmp("children_8"), "≤ 1.1 s"))
         rows.append(("8 batched leaf calls, 1 s latency", _s(o.get("leaves_8")), cmp("leaves_8"), ""))
