@@ -9,11 +9,27 @@ from rlm_protocol import DEFAULT_MAX_FRAME_BYTES, Limits
 
 from .agent import DEFAULT_LIMITS, Agent
 from .channel import Channel, DeviceChannel, StdioChannel
+from .shared import SharedBuffer
 
-
-#: The shared buffer for large frames allocated when the agent starts in a VM: a 16 MiB prompt
-#: (the largest frame in practice) with its envelope, rounded up.
+#: The shared buffer for large frames of the agent in a VM: a 16 MiB prompt (the largest frame
+#: in practice) with its envelope, rounded up.
 SHARED_BYTES_IN_A_VM = 17 << 20
+
+#: What ``prepare_vm`` made ahead of the host, for ``main``.
+_prepared_pool: SharedBuffer | None = None
+
+
+def prepare_vm() -> None:
+    """Do ahead what the VM agent can do before a host connects.
+
+    ``rlm-agent-start`` (the image's start script) calls it before it waits for the host, which
+    is where the VM snapshot is taken: every VM restored from the snapshot starts with the
+    shared buffer's 17 MiB already paged in (~0.3 s of page faults under TCG, which the first
+    16 MiB prompt would pay otherwise). Its pages are zeros: the snapshot does not grow.
+    """
+    global _prepared_pool
+    if _prepared_pool is None:
+        _prepared_pool = SharedBuffer(SHARED_BYTES_IN_A_VM, populate=True)
 
 
 def _protect_from_oom() -> None:
@@ -55,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         limits,
         cgroups=bool(options.device),
         shared_bytes=SHARED_BYTES_IN_A_VM if options.device else 0,
+        pool=_prepared_pool if options.device else None,
     ).serve()
 
 

@@ -159,6 +159,7 @@ class Agent:
         *,
         cgroups: bool = False,
         shared_bytes: int = 0,
+        pool: SharedBuffer | None = None,
     ) -> None:
         self.channel = channel
         self.limits = limits
@@ -170,12 +171,11 @@ class Agent:
         self._spawned = 0
         #: A session process forked ahead of time, set up but not yet any session's.
         self._spare: _Worker | None = None
-        #: The shared buffer kept for the next large frame (``shared.py``), if any. Allocated
-        #: here when asked (in a VM: before the snapshot, so restored VMs get it for free):
-        #: the first 16 MiB prompt then does not pay ~0.15 s of page faults under TCG.
-        self._pool: SharedBuffer | None = (
-            SharedBuffer(shared_bytes, populate=True) if shared_bytes else None
-        )
+        #: The shared buffer kept for the next large frame (``shared.py``), if any: ``pool``,
+        #: populated ahead of time (in a VM, before the snapshot: ``__main__.prepare_vm``), or
+        #: ``shared_bytes`` mapped now and paged in by the first large frame. Populating it here
+        #: would cost every VM start ~0.3 s of page faults under TCG.
+        self._pool: SharedBuffer | None = pool or (SharedBuffer(shared_bytes) if shared_bytes else None)
         #: When the loop reaps exited children next, however busy.
         self._reap_due = 0.0
         #: When the pending stray sweep must run (see ``_discard``), or None.

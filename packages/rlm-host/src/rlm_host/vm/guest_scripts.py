@@ -122,6 +122,10 @@ import time
 
 import rlm_guest.__main__ as agent_main  # the import is the point: it is in the snapshot
 
+prepare = getattr(agent_main, "prepare_vm", None)
+if prepare is not None:  # work done ahead of the host, in the snapshot too
+    prepare()
+
 device, cache = sys.argv[1], sys.argv[2] == "1"
 
 
