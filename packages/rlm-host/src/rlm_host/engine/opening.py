@@ -68,14 +68,6 @@ class SessionOpening:
         self.scope = trio.CancelScope()
         self._done = trio.Event()
 
-    @classmethod
-    def opened(cls, session: Session) -> SessionOpening:
-        """An opening that is already over (a session opened some other way)."""
-        opening = cls()
-        opening.session = session
-        opening.succeed()
-        return opening
-
     @property
     def done(self) -> bool:
         return self._done.is_set()

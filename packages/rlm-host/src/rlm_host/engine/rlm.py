@@ -241,17 +241,9 @@ class RlmEngine:
         root = self._new_rlm(
             prompt, rlm="0", depth=0, model=None, tools=self.host_tools, answer_type=answer_type
         )
-        handler = self._host_call_handler("0", 0, self.limits.max_steps, None, self.host_tools)
-
-        async def steps() -> RlmOutcome:
-            with trio.move_on_after(self.limits.max_seconds or float("inf")) as deadline:
-                return await self._guarded(root, self.limits.max_steps, answer_type)
-            detail = f"wall-time budget spent: {self.limits.max_seconds} s"
-            assert deadline.cancelled_caught
-            self._emit_stop(root.id, root.depth, "wall_time", detail)
-            return RlmOutcome(None, "wall_time", detail)
-
-        return await self._overlapped(root, handler, steps, close_later=False)
+        return await self._overlapped(
+            root, self.root_handler(), lambda: self.ask(root, answer_type=answer_type), close_later=False
+        )
 
     async def open_root(
         self, prompt: str, *, answer_type: Any = None, handler: HostCallHandler | None = None
@@ -260,9 +252,7 @@ class RlmEngine:
         root = self._new_rlm(
             prompt, rlm="0", depth=0, model=None, tools=self.host_tools, answer_type=answer_type
         )
-        await self._open_session(
-            root, handler or self._host_call_handler("0", 0, self.limits.max_steps, None, self.host_tools)
-        )
+        await self._open_session(root, handler or self.root_handler())
         try:
             await root.opening.wait()
         except BaseException:
@@ -679,8 +669,9 @@ class RlmEngine:
 
         return handle
 
-    def root_handler(self, replay: Replay) -> HostCallHandler:
-        """The root's handler that answers from ``replay`` while it is active (``--resume``)."""
+    def root_handler(self, replay: Replay | None = None) -> HostCallHandler:
+        """The root's handler; with ``replay``, it answers from it while it is active
+        (``--resume``)."""
         return self._host_call_handler("0", 0, self.limits.max_steps, None, self.host_tools, replay)
 
     async def _tool_call(self, call: HostCall, rlm: str, depth: int, tools: tuple[HostTool, ...]) -> Any:
