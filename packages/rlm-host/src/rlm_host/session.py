@@ -73,15 +73,13 @@ class Session:
             reply = await connection.request(
                 OpenSession(session=session.id, call=call, cwd=cwd), call, SessionOpened
             )
-        except trio.Cancelled:
-            # The guest may open it anyway (frames are handled in order): close it after, or
-            # it would hold a process in the guest until the guest goes away.
+        except BaseException as error:
             connection.unregister_session(session.id)
-            session._closed = True
-            connection.spawn(session._close_in_background)
-            raise
-        except BaseException:
-            connection.unregister_session(session.id)
+            if isinstance(error, trio.Cancelled):
+                # The guest may open it anyway (frames are handled in order): close it after,
+                # or it would hold a process in the guest until the guest goes away.
+                session._closed = True
+                connection.spawn(session._close_in_background)
             raise
         session.state = reply.state
         return session
