@@ -15,8 +15,31 @@ if ! command -v uv >/dev/null 2>&1; then
     hash -r
 fi
 
+# A new shell must find uv too (the README's test command is `uv run nox`): pip may have put it in
+# a directory that is not on the login PATH (pyenv has no shim for it until `pyenv rehash`).
+if command -v pyenv >/dev/null 2>&1; then
+    pyenv rehash 2>/dev/null || true
+fi
+if ! env -i HOME="$HOME" USER="${USER:-}" bash -lc 'command -v uv' >/dev/null 2>&1; then
+    uv_bin=$(command -v uv)
+    if [ -w /usr/local/bin ]; then
+        ln -sf "$uv_bin" /usr/local/bin/uv
+        echo "setup: linked $uv_bin into /usr/local/bin so that new shells find it"
+    else
+        mkdir -p "$HOME/.local/bin"
+        ln -sf "$uv_bin" "$HOME/.local/bin/uv"
+        uv_hint="export PATH=\"\$HOME/.local/bin:\$PATH\""
+    fi
+fi
+
 echo "setup: installing the workspace (uv sync)"
 uv sync --all-packages --all-extras --frozen
 
 echo "setup: building the guest image (cached after the first build)"
 uv run --frozen rlm image build
+
+echo "setup: done. Run the test suite with: uv run nox"
+if [ -n "${uv_hint:-}" ]; then
+    echo "setup: uv is in ~/.local/bin, which new shells do not search yet; run this once (or add it to ~/.profile):"
+    echo "    $uv_hint"
+fi
