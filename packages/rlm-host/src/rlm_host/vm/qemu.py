@@ -297,11 +297,15 @@ class VM:
 
     async def _watch(self, cancel_scope: trio.CancelScope) -> None:
         # pidfd becomes readable when the process exits: no polling, no SIGCHLD handler.
-        pidfd = os.pidfd_open(self.pid)
         try:
-            await trio.lowlevel.wait_readable(pidfd)
-        finally:
-            os.close(pidfd)
+            pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            pidfd = None  # QEMU already exited (and was reaped by a poll()): nothing to wait for
+        if pidfd is not None:
+            try:
+                await trio.lowlevel.wait_readable(pidfd)
+            finally:
+                os.close(pidfd)
         self.process.wait()
         if not self._closing:
             self._died = True
