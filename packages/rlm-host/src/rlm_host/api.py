@@ -46,10 +46,12 @@ from .engine.opening import PendingGuest
 from .errors import single_error
 from .isolation import GuestOptions, Isolation, open_guest
 from .llm import Api, DeltaCallback, LlmConfig, Usage, open_client
+from .llm.window import choose_window
 from .tools import DEFAULT_TOOL_TIMEOUT, HostTool, as_tools
 from .trajectory import (
     Event,
     EventSink,
+    ModelReady,
     RunEnd,
     RunStart,
     TrajectoryRecorder,
@@ -134,8 +136,18 @@ class RunOptions:
     #: Cost budget of the run, priced with ``prices`` (per model; ``*`` for any other).
     max_cost: float | None = None
     prices: Mapping[str, Price] = field(default_factory=dict)
-    #: The model's context in tokens: older turns are summarised when a history nears it.
+    #: The model's context in tokens: older turns are summarised when a history nears it, and
+    #: Ollama is asked for this window (``options.num_ctx``). ``None``: the server's word
+    #: (Ollama ``/api/show``, capped at ``OLLAMA_WINDOW_CAP``; vLLM ``max_model_len``).
     context_tokens: int | None = None
+    #: Reasoning on (``True``), off (``False``) or a level (``"low"``, ``"medium"``,
+    #: ``"high"``); ``None`` sends nothing and leaves the server's default.
+    think: bool | str | None = None
+    #: Send each reply's reasoning back in the history (it fills the window; off by default).
+    history_reasoning: bool = False
+    #: How long Ollama keeps the model loaded after a request (its ``keep_alive``);
+    #: ``None`` leaves Ollama's default (5 minutes).
+    keep_alive: str | None = "30m"
     #: Keep the task text beside the trajectory (``<trajectory>.prompt.txt``) for ``--resume``.
     save_prompt: bool = True
 
@@ -162,6 +174,8 @@ class RunOptions:
             max_retries=self.llm_retries,
             backoff_base=self.llm_backoff,
             read_timeout=self.llm_timeout,
+            think=self.think,
+            keep_alive=self.keep_alive,
         )
 
 
@@ -331,6 +345,18 @@ async def open_engine(
             )
         )
         async with open_client(config, limiter=options.model_limiter) as client, _guest(options, connection) as guest:
+            # While the guest starts: a missing model fails here, in the first second, and the
+            # window is known before the first request.
+            info = await client.describe()
+            window, num_ctx = choose_window(config.api, info, options.context_tokens)
+            client.config = replace(client.config, num_ctx=num_ctx)
+            limits = replace(limits, context_tokens=window)
+            recorder.emit(
+                ModelReady(
+                    ts=time.time(), rlm="0", depth=0, model=config.model, context_length=info.context_length,
+                    capabilities=info.capabilities, window=window, num_ctx=num_ctx, think=config.think,
+                )
+            )
             run._engine = RlmEngine(
                 connection=guest,
                 client=client,
@@ -340,6 +366,7 @@ async def open_engine(
                 host_tools=host_tools,
                 exec_timeout=options.exec_timeout,
                 on_delta=options.on_delta,
+                history_reasoning=options.history_reasoning,
             )
             yield run
     finally:

@@ -35,7 +35,10 @@ __all__ = [
     "parse_price",
 ]
 
-StopReason = Literal["final", "max_steps", "max_model_calls", "max_tokens", "max_cost", "wall_time"]
+#: ``context_window``: the history no longer fits the model's window, even compacted.
+StopReason = Literal[
+    "final", "max_steps", "max_model_calls", "max_tokens", "max_cost", "wall_time", "context_window"
+]
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..errors import RlmError
 
 __all__ = [
+    "ContextLengthExceeded",
     "ModelError",
     "ModelNotFound",
     "ModelResponseError",
@@ -81,3 +82,12 @@ class ModelResponseError(ModelError):
     def __init__(self, url: str, detail: str) -> None:
         super().__init__(f"malformed response from model server at {url}: {detail}", url=url)
 
+
+
+class ContextLengthExceeded(ModelServerError):
+    """The server refused the request as longer than the model's window (vLLM, llama.cpp:
+    HTTP 400); ``window`` is the size it named, when it named one."""
+
+    def __init__(self, url: str, status: int, detail: str, *, attempts: int, window: int | None) -> None:
+        super().__init__(url, status, detail, attempts=attempts)
+        self.window = window
