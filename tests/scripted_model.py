@@ -19,7 +19,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
@@ -79,6 +79,8 @@ class ChatRequest:
     messages: list[dict[str, str]]
     stream: bool
     body_bytes: int
+    #: The whole JSON body (options, think, keep_alive, chat_template_kwargs, ...).
+    body: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def system(self) -> str | None:
@@ -320,6 +322,7 @@ class ScriptedModel:
                     messages=body.get("messages", []),
                     stream=bool(body.get("stream", api == "ollama")),
                     body_bytes=len(raw),
+                    body=body,
                 )
                 record.request = request
                 outcome = server._next_outcome(request)

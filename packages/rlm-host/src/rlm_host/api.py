@@ -148,6 +148,14 @@ class RunOptions:
     #: How long Ollama keeps the model loaded after a request (its ``keep_alive``);
     #: ``None`` leaves Ollama's default (5 minutes).
     keep_alive: str | None = "30m"
+    #: The model of ``llm_query`` and of child RLMs (``None``: the root's model).
+    sub_model: str | None = None
+    #: The sub-model's server and API when it is not the root's.
+    sub_llm_url: str | None = None
+    sub_api: Api | None = None
+    #: More models that code may name in ``rlm_query(..., model=...)`` (served by the root's
+    #: server); the root's model and ``sub_model`` are always allowed.
+    models: Sequence[str] = ()
     #: Keep the task text beside the trajectory (``<trajectory>.prompt.txt``) for ``--resume``.
     save_prompt: bool = True
 
@@ -163,6 +171,21 @@ class RunOptions:
             max_cost=self.max_cost,
             prices=dict(self.prices),
             context_tokens=self.context_tokens,
+        )
+
+    def sub_llm_config(self) -> LlmConfig | None:
+        """The sub-model's client configuration (its own server, or the root's), or ``None``."""
+        if self.sub_model is None:
+            return None
+        root = self.llm_config()
+        if self.sub_llm_url is None and self.sub_api is None:
+            return replace(root, model=self.sub_model)
+        api = self.sub_api or root.api
+        config = LlmConfig.resolve(api=api, model=self.sub_model, url=self.sub_llm_url or (root.base_url if api == root.api else None))
+        return replace(
+            config,
+            stream=root.stream, max_retries=root.max_retries, backoff_base=root.backoff_base,
+            read_timeout=root.read_timeout, think=root.think, keep_alive=root.keep_alive,
         )
 
     def llm_config(self) -> LlmConfig:
@@ -198,6 +221,9 @@ class RunResult(Generic[T]):
     value: T | None = None
     #: What the run cost at the user's prices (``None`` when none were given).
     cost: float | None = None
+    #: ``usage`` and ``cost`` split by model name.
+    usage_by_model: Mapping[str, Usage] = field(default_factory=dict)
+    cost_by_model: Mapping[str, float] = field(default_factory=dict)
 
 
 def _guest_tools(options: RunOptions) -> Sequence[str]:
@@ -291,6 +317,8 @@ class _Run:
             run_id=self.run_id,
             value=outcome.value,
             cost=self.cost(),
+            usage_by_model=dict(self.engine.meter.usage_by_model),
+            cost_by_model=dict(self.engine.meter.cost_by_model) if self.options.prices else {},
         )
 
 
@@ -344,19 +372,32 @@ async def open_engine(
                 resumed_from=str(resumed_from) if resumed_from is not None else None,
             )
         )
-        async with open_client(config, limiter=options.model_limiter) as client, _guest(options, connection) as guest:
+        sub_config = options.sub_llm_config()
+        async with contextlib.AsyncExitStack() as stack:
+            client = await stack.enter_async_context(open_client(config, limiter=options.model_limiter))
+            clients = {}
+            if sub_config is not None and sub_config.model != config.model:
+                clients[sub_config.model] = await stack.enter_async_context(
+                    open_client(sub_config, limiter=options.model_limiter)
+                )
+            guest = await stack.enter_async_context(_guest(options, connection))
             # While the guest starts: a missing model fails here, in the first second, and the
             # window is known before the first request.
-            info = await client.describe()
-            window, num_ctx = choose_window(config.api, info, options.context_tokens)
-            client.config = replace(client.config, num_ctx=num_ctx)
-            limits = replace(limits, context_tokens=window)
-            recorder.emit(
-                ModelReady(
-                    ts=time.time(), rlm="0", depth=0, model=config.model, context_length=info.context_length,
-                    capabilities=info.capabilities, window=window, num_ctx=num_ctx, think=config.think,
+            windows: dict[str, int] = {}
+            for each in (client, *clients.values()):
+                info = await each.describe()
+                window, num_ctx = choose_window(each.config.api, info, options.context_tokens)
+                each.config = replace(each.config, num_ctx=num_ctx)
+                if window is not None:
+                    windows[each.config.model] = window
+                recorder.emit(
+                    ModelReady(
+                        ts=time.time(), rlm="0", depth=0, model=each.config.model,
+                        context_length=info.context_length, capabilities=info.capabilities,
+                        window=window, num_ctx=num_ctx, think=each.config.think,
+                    )
                 )
-            )
+            limits = replace(limits, context_tokens=windows.get(config.model))
             run._engine = RlmEngine(
                 connection=guest,
                 client=client,
@@ -367,7 +408,11 @@ async def open_engine(
                 exec_timeout=options.exec_timeout,
                 on_delta=options.on_delta,
                 history_reasoning=options.history_reasoning,
+                sub_model=options.sub_model,
+                clients=clients,
+                models=options.models,
             )
+            run._engine.windows.update(windows)
             yield run
     finally:
         recorder.emit(
@@ -380,6 +425,7 @@ async def open_engine(
                 usage=run._engine.meter.usage if run._engine is not None else Usage(),
                 answer_chars=run.answer_chars,
                 cost=run.cost(),
+                usage_by_model=dict(run._engine.meter.usage_by_model) if run._engine is not None else {},
             )
         )
         recorder.close()

@@ -264,6 +264,8 @@ class RunEnd(_Event, frozen=True, tag="run_end"):
     answer_chars: int = 0
     #: Cost from the user's prices (``--price``), when given.
     cost: float | None = None
+    #: ``usage`` split by model (the root's, ``--sub-model``, models picked by code).
+    usage_by_model: dict[str, Usage] = {}
 
 
 Event = Union[

@@ -22,7 +22,7 @@ import itertools
 import json
 import time
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -224,6 +224,9 @@ class RlmEngine:
         exec_timeout: float | None = None,
         on_delta: DeltaCallback | None = None,
         history_reasoning: bool = False,
+        sub_model: str | None = None,
+        clients: Mapping[str, ChatClient] | None = None,
+        models: Sequence[str] = (),
     ) -> None:
         self.connection = connection
         self.client = client
@@ -237,6 +240,15 @@ class RlmEngine:
             self.windows[client.config.model] = limits.context_tokens
         #: False once the server's prompt counts proved unreliable (see ``_truncated``).
         self._check_truncation = True
+        #: The model of ``llm_query`` and of children that name none (``None``: the root's).
+        self.sub_model = sub_model
+        #: Clients of models served elsewhere than the root's (``--sub-llm-url``).
+        self.clients: dict[str, ChatClient] = dict(clients or {})
+        #: The models ``rlm_query(..., model=...)`` may name: the root's, the sub-model, and
+        #: the ones the user allowed.
+        self.allowed_models = frozenset(
+            {client.config.model, *([sub_model] if sub_model else []), *models, *self.clients}
+        )
         self.recorder = recorder
         self.limits = limits
         self.meter = RunMeter(limits)
@@ -701,7 +713,7 @@ class RlmEngine:
             )
             started = time.perf_counter()
             try:
-                reply = await self.client.chat(messages, model=chosen, on_delta=self._on_delta)
+                reply = await self.clients.get(chosen, self.client).chat(messages, model=chosen, on_delta=self._on_delta)
             except Exception as error:
                 self.recorder.emit(
                     ModelResponse(
@@ -761,7 +773,14 @@ class RlmEngine:
             if not isinstance(prompt, str):
                 raise TypeError(f"{call.method} needs a str prompt, got {type(prompt).__name__}")
             requested = call.payload.get("model")
-            model = requested if isinstance(requested, str) and requested else parent_model
+            if requested is not None and requested != "":
+                if not isinstance(requested, str) or requested not in self.allowed_models:
+                    allowed = ", ".join(sorted(self.allowed_models))
+                    raise ValueError(f"model {requested!r} is not allowed in this run (allowed: {allowed})")
+                model: str | None = requested
+            else:
+                # A child of the root gets the sub-model; deeper ones inherit their parent's.
+                model = parent_model if parent_model is not None else self.sub_model
             leaf = call.method == "llm_query" or depth + 1 >= self.limits.max_depth
             child = f"{parent}.{next(self._children[parent])}"
             return await self._child(
