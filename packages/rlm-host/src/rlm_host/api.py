@@ -145,6 +145,9 @@ class RunOptions:
     think: bool | str | None = None
     #: Send each reply's reasoning back in the history (it fills the window; off by default).
     history_reasoning: bool = False
+    #: Treat a reply whose prompt-token count shows a truncated prompt as a window overflow
+    #: (compact and send again). Off for a server whose counts leave out cached tokens.
+    detect_truncation: bool = True
     #: How long Ollama keeps the model loaded after a request (its ``keep_alive``);
     #: ``None`` leaves Ollama's default (5 minutes).
     keep_alive: str | None = "30m"
@@ -408,6 +411,7 @@ async def open_engine(
                 exec_timeout=options.exec_timeout,
                 on_delta=options.on_delta,
                 history_reasoning=options.history_reasoning,
+                detect_truncation=options.detect_truncation,
                 sub_model=options.sub_model,
                 clients=clients,
                 models=options.models,

@@ -48,7 +48,7 @@ SHARED_RUN_OPTIONS = (
     "max_steps", "max_depth", "max_model_calls", "max_tokens", "max_seconds", "max_cost",
     "concurrency", "context_tokens", "tool", "tool_timeout", "price", "prices",
     "isolation", "memory_mb", "network",
-    "think", "think_level", "history_reasoning", "keep_alive",
+    "think", "think_level", "history_reasoning", "keep_alive", "detect_truncation",
     "sub_model", "sub_llm_url", "sub_api", "allow_model",
 )
 

@@ -241,6 +241,14 @@ def run(
         Optional[list[str]],
         typer.Option(help="Another model code may name in rlm_query(..., model=...) (repeatable)."),
     ] = None,
+    detect_truncation: Annotated[
+        bool,
+        typer.Option(
+            "--truncation-check/--no-truncation-check",
+            help="Treat a prompt-token count below what was sent as a silently truncated prompt "
+            "(compact, send again). Off for servers whose counts leave out cached tokens.",
+        ),
+    ] = True,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Progress shows each reply's reasoning, collapsed to a line.")
     ] = False,
@@ -294,6 +302,7 @@ def run(
         context_tokens=context_tokens,
         think=think_value(think, think_level),
         history_reasoning=history_reasoning,
+        detect_truncation=detect_truncation,
         keep_alive=keep_alive or None,
         sub_model=sub_model,
         sub_llm_url=sub_llm_url,

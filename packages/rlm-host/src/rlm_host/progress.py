@@ -261,7 +261,7 @@ REASONING_SHOWN = 160
 def _collapsed(text: str) -> str:
     """A reasoning on one line, its start only.
 
-    >>> _collapsed("First,\n  look at the prompt.  Then...")
+    >>> _collapsed("First,\\n  look at the prompt.  Then...")
     'First, look at the prompt. Then...'
     """
     flat = " ".join(text.split())

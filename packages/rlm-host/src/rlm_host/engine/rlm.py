@@ -84,11 +84,13 @@ COMPACT_AT: Final = 0.75
 #: block, observation), which the model needs word for word to go on.
 KEEP_MESSAGES: Final = 4
 
-#: A reply whose reported prompt tokens are below this share of the estimate of what was sent
-#: (characters / 4) was made from a truncated prompt: Ollama drops the oldest messages that do
-#: not fit its window without saying so (``server/prompt.go``, ``chatPrompt``), and its
-#: ``prompt_eval_count`` is the only trace. Real text runs 3-4 characters per token, so a
-#: correct count is above the estimate, not at half of it.
+#: Ollama drops the oldest messages that do not fit its window without saying so
+#: (``server/prompt.go``, ``chatPrompt``); its ``prompt_eval_count`` is the only trace. A reply
+#: was made from a truncated prompt when that count is below this share of the estimate of what
+#: was sent (characters / 4: real text runs 3-4 characters per token, so a correct count is
+#: above the estimate, not at half of it), or when it did not grow although the history did
+#: since the previous request (the first drop of the oldest messages, where the count is still
+#: close to what was sent).
 TRUNCATED_BELOW: Final = 0.5
 
 #: Estimates below this many tokens are never judged truncated: a chat template's own tokens
@@ -154,6 +156,9 @@ class RootRlm:
     reported_len: int = 0
     #: The call id of the RLM's latest model request.
     last_call: int = 0
+    #: Prompt tokens the server counted for the last answered request, and the history length
+    #: then (``None`` after the history was replaced).
+    prompt_count: tuple[int, int] | None = None
 
     @property
     def session(self) -> Session:
@@ -224,6 +229,7 @@ class RlmEngine:
         exec_timeout: float | None = None,
         on_delta: DeltaCallback | None = None,
         history_reasoning: bool = False,
+        detect_truncation: bool = True,
         sub_model: str | None = None,
         clients: Mapping[str, ChatClient] | None = None,
         models: Sequence[str] = (),
@@ -238,6 +244,8 @@ class RlmEngine:
         self.windows: dict[str, int] = {}
         if limits.context_tokens is not None:
             self.windows[client.config.model] = limits.context_tokens
+        #: Judge replies truncated from the server's prompt counts (``_truncated``).
+        self.detect_truncation = detect_truncation
         #: False once the server's prompt counts proved unreliable (see ``_truncated``).
         self._check_truncation = True
         #: The model of ``llm_query`` and of children that name none (``None``: the root's).
@@ -566,7 +574,7 @@ class RlmEngine:
                 await self._overflow(state, retry, "refused", sent, None, window, str(refused))
                 continue
             state.recorded = len(history)
-            if self._truncated(reply.usage, sent):
+            if self._truncated(state, reply.usage, sent, len(history)):
                 if retry > 0:
                     # Even a compacted history was "truncated": the counts are not to be trusted
                     # (some Ollama versions left cached prompt tokens out of them).
@@ -583,17 +591,20 @@ class RlmEngine:
                 state.reported_tokens = reply.usage.prompt_tokens + reply.usage.completion_tokens
                 # The reply is the next message; the server counted it as completion tokens.
                 state.reported_len = len(history) + 1
+                state.prompt_count = (reply.usage.prompt_tokens, len(history))
             return reply
         raise AssertionError("unreachable")
 
-    def _truncated(self, usage: Usage, sent: int) -> bool:
-        return (
-            self._check_truncation
-            and usage.reported
-            and usage.prompt_tokens > 0
-            and sent >= TRUNCATION_MIN_TOKENS
-            and usage.prompt_tokens < TRUNCATED_BELOW * sent
-        )
+    def _truncated(self, state: RootRlm, usage: Usage, sent: int, history_len: int) -> bool:
+        """Whether the server answered a truncated prompt (see ``TRUNCATED_BELOW``)."""
+        if not (self.detect_truncation and self._check_truncation and usage.reported and usage.prompt_tokens > 0):
+            return False
+        if sent < TRUNCATION_MIN_TOKENS:
+            return False
+        if usage.prompt_tokens < TRUNCATED_BELOW * sent:
+            return True
+        previous = state.prompt_count
+        return previous is not None and history_len > previous[1] and usage.prompt_tokens <= previous[0]
 
     async def _overflow(
         self, state: RootRlm, retry: int, kind: str, sent: int, reported: int | None, window: int, detail: str
@@ -658,6 +669,7 @@ class RlmEngine:
         state.history = [system, first, *tail]
         state.recorded = None
         state.reported_tokens = None
+        state.prompt_count = None
         # The full history stays reachable from code; binding it also unsets Final, which is
         # harmless here: a Final that was accepted ended the RLM before this point.
         session = await state.opening.wait()

@@ -232,9 +232,10 @@ class ChatClient:
         """
         return await _describe(self._http, self._wire, self.config, model or self.config.model)
 
-    async def list_models(self) -> tuple[str, ...]:
-        """The names of the models the server offers (empty when it cannot say)."""
-        return await _list(self._http, self._wire, self.config)
+    async def list_models(self, *, strict: bool = False) -> tuple[str, ...]:
+        """The names of the models the server offers (empty when it cannot say); with
+        ``strict``, ``ModelServerDown`` when the server cannot be reached."""
+        return await _list(self._http, self._wire, self.config, strict=strict)
 
     def _backoff(self, retry_index: int, error: Exception) -> float:
         delay = min(self.config.backoff_max, self.config.backoff_base * 2.0**retry_index)
@@ -287,7 +288,7 @@ class ChatClient:
         detail = _error_detail(response)
         status = response.status_code
         if status == 404 and "model" in detail.lower():
-            raise ModelNotFound(url, model, detail)
+            raise ModelNotFound(url, model, detail, api=self.config.api)
         window = context_error(status, detail)
         if window is not False:
             raise ContextLengthExceeded(url, status, detail, attempts=attempt, window=window or None)
@@ -318,7 +319,7 @@ async def _describe(http: httpx.AsyncClient, wire: WireFormat, config: LlmConfig
     if response.status_code == 404 and config.api == "ollama" and "model" in _error_detail(response).lower():
         available = await _list(http, wire, config)
         listed = f"; the server has: {', '.join(available)}" if available else "; the server has no models"
-        raise ModelNotFound(url, model, _error_detail(response) + listed)
+        raise ModelNotFound(url, model, _error_detail(response) + listed, api=config.api)
     if response.status_code != 200:
         return ModelInfo(model)  # an older or other server: nothing known, nothing refused
     try:
@@ -328,11 +329,16 @@ async def _describe(http: httpx.AsyncClient, wire: WireFormat, config: LlmConfig
     return wire.parse_info(model, data)
 
 
-async def _list(http: httpx.AsyncClient, wire: WireFormat, config: LlmConfig) -> tuple[str, ...]:
+async def _list(
+    http: httpx.AsyncClient, wire: WireFormat, config: LlmConfig, *, strict: bool = False
+) -> tuple[str, ...]:
+    url = wire.list_request(config)
     try:
-        response = await http.get(wire.list_request(config))
+        response = await http.get(url)
         return wire.parse_list(response.json()) if response.status_code == 200 else ()
-    except (httpx.HTTPError, ValueError):
+    except (httpx.HTTPError, ValueError) as error:
+        if strict and isinstance(error, httpx.TransportError):
+            raise ModelServerDown(url, f"{type(error).__name__}: {error}", attempts=1) from error
         return ()
 
 

@@ -43,10 +43,17 @@ class ModelServerDown(ModelError):
 class ModelNotFound(ModelError):
     """The server answered but does not have the model that was asked for."""
 
-    def __init__(self, url: str, model: str, detail: str) -> None:
+    def __init__(self, url: str, model: str, detail: str, *, api: str = "ollama") -> None:
+        if api == "ollama":
+            fix = f"Pull it: `ollama pull {model}`"
+        else:
+            fix = (
+                f"Serve it (vLLM: `vllm serve {model}`, or --served-model-name {model}; "
+                f"llama.cpp: --alias {model})"
+            )
         super().__init__(
             f"model {model!r} is not available at {url}: {detail}. "
-            f"Pull it (for Ollama: `ollama pull {model}`) or choose another with --model / RLM_MODEL.",
+            f"{fix}, or choose another with --model / RLM_MODEL (`rlm doctor` lists the server's models).",
             url=url,
         )
         self.model = model
