@@ -65,6 +65,8 @@ class TaskResult(msgspec.Struct, frozen=True):
     reason: str | None = None
     stop_reason: str | None = None
     usage: TokenUsage = TokenUsage()
+    #: ``usage`` split by model (the root's, ``sub_model``, models picked by code).
+    usage_by_model: dict[str, TokenUsage] = {}
     wall_time: float = 0.0
     trajectory: str | None = None
     attempts: int = 1
