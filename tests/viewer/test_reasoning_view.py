@@ -68,6 +68,8 @@ def test_view_and_progress_of_a_reasoning_run(browser: Browser, tmp_path: Path) 
         s.reasoning == THOUGHT.strip() for s in root.steps if s.reasoning
     )
     assert set(view.usage_by_model) == {"root", "small"}
+    # Reasoning tokens as the server reported them (OpenAI-shape completion_tokens_details).
+    assert root.usage.reasoning_tokens == sum(len(THOUGHT) // 4 for s in root.steps if s.reasoning)
     assert any(n.kind == "context" and "refused" in n.title for n in root.notices)
 
     render_trajectory(trajectory, tmp_path / "run.html")
@@ -83,6 +85,7 @@ def test_view_and_progress_of_a_reasoning_run(browser: Browser, tmp_path: Path) 
     assert not page.evaluate(hidden)
     assert page.evaluate("document.getElementById('usage-by-model').textContent.includes('small')")
     assert page.evaluate("document.querySelector('.notice.context') !== null")
+    assert page.evaluate("document.querySelector('#rlm-0 .rlm-head').textContent.includes(' reasoning')")
 
     for verbose in (True, False):
         terminal = io.StringIO()

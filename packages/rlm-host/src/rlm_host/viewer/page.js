@@ -54,7 +54,8 @@ function tokens(usage) {
   if (!usage) return null;
   const total = usage.prompt_tokens + usage.completion_tokens;
   const estimate = usage.reported ? "" : " (est.)";
-  return `${count(total)} tok${estimate}`;
+  const reasoning = usage.reasoning_tokens ? `, ${count(usage.reasoning_tokens)} reasoning` : "";
+  return `${count(total)} tok${estimate}${reasoning}`;
 }
 
 const STATUS_CLASS = { final: "final", error: "error", running: "running" };
