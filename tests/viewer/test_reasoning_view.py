@@ -100,3 +100,4 @@ def test_view_and_progress_of_a_reasoning_run(browser: Browser, tmp_path: Path) 
             assert "First I look at the prompt. Then I decide." in line
             assert "More thinking. " * 20 not in shown
         assert "request did not fit the window (refused" in shown
+        assert "root: window unknown" in shown and "small: window unknown" in shown

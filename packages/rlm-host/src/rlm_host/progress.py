@@ -34,6 +34,7 @@ from .trajectory import (
     EngineError,
     Event,
     FinalSet,
+    ModelReady,
     ModelRequest,
     ModelResponse,
     Observation,
@@ -193,6 +194,11 @@ class Progress:
             case Resumed():
                 problems = f", {len(event.problems)} not restored" if event.problems else ""
                 return escape(f"resumed {event.trajectory}: {event.steps_replayed} blocks replayed{problems}")
+            case ModelReady():
+                window = f"window {event.window} tokens" if event.window else "window unknown"
+                sent = f" (num_ctx {event.num_ctx})" if event.num_ctx else ""
+                reasons = ", reasons" if "thinking" in event.capabilities else ""
+                return escape(f"{event.model}: {window}{sent}{reasons}")
             case ContextOverflow():
                 action = "history compacted, request sent again" if event.retry else "cannot compact further"
                 return "[yellow]" + escape(
