@@ -55,6 +55,8 @@ class ModelCard:
     context_length: int | None = 40960
     capabilities: tuple[str, ...] = ("completion", "thinking")
     architecture: str = "qwen3"
+    #: ``/api/show``'s ``thinking.values``: levels (gpt-oss) or on/off; empty: not listed.
+    think_values: tuple[str | bool, ...] = ()
 
 
 def tokens(messages: list[dict[str, str]]) -> int:
@@ -113,7 +115,10 @@ class OllamaServer(ScriptedModel):
             info: dict[str, Any] = {"general.architecture": card.architecture}
             if card.context_length is not None:
                 info[f"{card.architecture}.context_length"] = card.context_length
-            return 200, {"model_info": info, "capabilities": list(card.capabilities), "details": {"format": "gguf"}}
+            shown: dict[str, Any] = {"model_info": info, "capabilities": list(card.capabilities), "details": {"format": "gguf"}}
+            if card.think_values:
+                shown["thinking"] = {"values": list(card.think_values), "default": card.think_values[0]}
+            return 200, shown
         return super().other_route(method, path, body)
 
     def window(self, request: ChatRequest) -> int:

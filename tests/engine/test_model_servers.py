@@ -290,3 +290,31 @@ async def test_rlm_run_flags_reach_the_servers(tmp_path: Path) -> None:
     (written,) = (tmp_path / "state" / "rlm" / "trajectories").glob("*.jsonl")
     reasons = [e.reasoning for e in read_trajectory(written) if isinstance(e, ModelResponse)]
     assert reasons == ["root thought", "short thought"]
+
+
+async def test_a_think_switch_the_model_cannot_take_fails_at_once(trajectory: Path) -> None:
+    plain = ModelCard("llama3.2", capabilities=("completion", "tools"))
+    levels = ModelCard("gpt-oss", architecture="gptoss", think_values=("low", "medium", "high"))
+    switch = ModelCard("qwen3", think_values=(True, False))
+    with OllamaServer(lambda r: fence("Final = 'ok'"), models=(plain, levels, switch)) as server, trio.fail_after(GUARD_SECONDS):
+        for model, think, refused in (
+            ("llama3.2", True, "does not reason"),
+            ("gpt-oss", "max", "takes --think-level low or medium or high"),
+            ("qwen3", "high", "only --think / --no-think"),
+        ):
+            with pytest.raises(ValueError, match=refused):
+                await run_rlm("task", options=local_options(server.url, trajectory, model=model, think=think))
+        assert not server.log  # refused before any chat request
+        result = await run_rlm("task", options=local_options(server.url, trajectory, model="gpt-oss", think="high"))
+        no_think = await run_rlm("task", options=local_options(server.url, trajectory, model="llama3.2", think=False))
+    assert result.answer == "ok" and no_think.answer == "ok"
+    assert [r.body["think"] for r in server.requests()] == ["high", False]
+
+
+async def test_the_system_prompt_names_the_models_code_may_pick(trajectory: Path) -> None:
+    with ScriptedModel(lambda r: fence("Final = 1")) as server, trio.fail_after(GUARD_SECONDS):
+        await run_rlm("task", options=local_options(server.url, trajectory))
+        await run_rlm("task", options=local_options(server.url, trajectory, sub_model="small", models=("big",)))
+    alone, offered = (r.system or "" for r in server.requests())
+    assert "model=..." not in alone
+    assert "one of 'big', 'scripted', 'small' (default 'small')" in offered

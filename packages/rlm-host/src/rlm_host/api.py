@@ -45,7 +45,7 @@ from .engine import DEFAULT_TOOLS, Limits, Price, RlmEngine, RlmOutcome, StopRea
 from .engine.opening import PendingGuest
 from .errors import single_error
 from .isolation import GuestOptions, Isolation, open_guest
-from .llm import Api, DeltaCallback, LlmConfig, Usage, open_client
+from .llm import Api, DeltaCallback, LlmConfig, ModelInfo, Usage, open_client
 from .llm.window import choose_window
 from .tools import DEFAULT_TOOL_TIMEOUT, HostTool, as_tools
 from .trajectory import (
@@ -283,6 +283,23 @@ async def _guest(
         raise closing_error[0]
 
 
+def _check_think(config: LlmConfig, info: ModelInfo) -> None:
+    """Refuse at once a reasoning switch the model cannot take (Ollama answers such a request
+    with an error at every step, or quietly ignores an unknown level)."""
+    think = config.think
+    if think is None or think is False:
+        return
+    if info.reasons is False:
+        raise ValueError(
+            f"model {config.model!r} does not reason (its capabilities: {', '.join(info.capabilities)}): "
+            "drop --think / --think-level"
+        )
+    levels = [value for value in info.think_values if value not in ("true", "false")]
+    if isinstance(think, str) and info.think_values and think not in levels:
+        takes = f"--think-level {' or '.join(levels)}" if levels else "no levels, only --think / --no-think"
+        raise ValueError(f"model {config.model!r} takes {takes}, not --think-level {think}")
+
+
 class _Run:
     """One run's recorder and engine, and what its ``RunEnd`` will say."""
 
@@ -389,6 +406,7 @@ async def open_engine(
             windows: dict[str, int] = {}
             for each in (client, *clients.values()):
                 info = await each.describe()
+                _check_think(each.config, info)
                 window, num_ctx = choose_window(each.config.api, info, options.context_tokens)
                 each.config = replace(each.config, num_ctx=num_ctx)
                 if window is not None:

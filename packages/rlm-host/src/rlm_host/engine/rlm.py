@@ -64,6 +64,7 @@ from .prompts import (
     compacted_message,
     compaction_prompt,
     metadata_message,
+    models_prompt,
     observation_message,
     system_prompt,
 )
@@ -272,7 +273,15 @@ class RlmEngine:
     def _system_prompt(self, tools: Sequence[HostTool]) -> str:
         key = tuple(tool.name for tool in tools)
         if key not in self._system_prompts:
-            self._system_prompts[key] = system_prompt(self._guest_tools, tools_prompt(tools))
+            extra = "\n".join(
+                part
+                for part in (
+                    tools_prompt(tools),
+                    models_prompt(sorted(self.allowed_models), self.sub_model or self.client.config.model),
+                )
+                if part
+            )
+            self._system_prompts[key] = system_prompt(self._guest_tools, extra)
         return self._system_prompts[key]
 
     # --- the root ---------------------------------------------------------------------------
