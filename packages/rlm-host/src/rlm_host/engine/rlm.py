@@ -33,7 +33,7 @@ from rlm_protocol import HostCall
 
 from ..connection import GuestConnection, HostCallHandler
 from ..errors import RlmError, single_error
-from ..llm.client import ChatClient
+from ..llm.model import ChatModel
 from ..llm.errors import ContextLengthExceeded
 from ..llm.messages import ChatMessage, ChatReply, DeltaCallback, Usage
 from ..session import Session
@@ -212,7 +212,8 @@ class Replay:
 
 
 class RlmEngine:
-    """Runs RLMs for one run against one guest connection and one model client.
+    """Runs RLMs for one run against one guest connection and a ``ChatModel`` (``clients``:
+    more, for sub-models on other servers).
 
     ``run`` is the root; children are started by host calls. The engine owns neither the
     connection nor the client: the caller opens and closes them (``rlm_host.api`` does).
@@ -222,7 +223,7 @@ class RlmEngine:
         self,
         *,
         connection: GuestConnection | PendingGuest,
-        client: ChatClient,
+        client: ChatModel,
         recorder: TrajectoryRecorder,
         limits: Limits = Limits(),
         tools: Sequence[str] = DEFAULT_TOOLS,
@@ -232,7 +233,7 @@ class RlmEngine:
         history_reasoning: bool = False,
         detect_truncation: bool = True,
         sub_model: str | None = None,
-        clients: Mapping[str, ChatClient] | None = None,
+        clients: Mapping[str, ChatModel] | None = None,
         models: Sequence[str] = (),
     ) -> None:
         self.connection = connection
@@ -252,7 +253,7 @@ class RlmEngine:
         #: The model of ``llm_query`` and of children that name none (``None``: the root's).
         self.sub_model = sub_model
         #: Clients of models served elsewhere than the root's (``--sub-llm-url``).
-        self.clients: dict[str, ChatClient] = dict(clients or {})
+        self.clients: dict[str, ChatModel] = dict(clients or {})
         #: The models ``rlm_query(..., model=...)`` may name: the root's, the sub-model, and
         #: the ones the user allowed.
         self.allowed_models = frozenset(

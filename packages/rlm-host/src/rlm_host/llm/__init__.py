@@ -19,11 +19,13 @@ from .errors import (
     ModelServerDown,
     ModelServerError,
 )
+from .model import ChatModel
 from .messages import ChatMessage, ChatReply, DeltaCallback, ModelInfo, Role, Think, Usage
 
 __all__ = [
     "Api",
     "ChatClient",
+    "ChatModel",
     "ChatMessage",
     "ChatReply",
     "ContextLengthExceeded",
