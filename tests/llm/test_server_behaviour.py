@@ -13,6 +13,8 @@ Each behaviour is the server's documented one:
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import replace
 
 import pytest
@@ -187,3 +189,17 @@ async def test_doctor_checks_a_vllm_model_and_a_dead_server() -> None:
     assert "--reasoning-parser" in present[2].detail
     assert [c.ok for c in missing] == [True, False] and "vllm serve qwen3" in missing[1].fix
     assert [(c.name, c.ok) for c in down] == [("model server", False)] and "vllm serve" in down[0].fix
+
+
+async def test_rlm_doctor_command_reports_the_model() -> None:
+    card = ModelCard("qwen3", context_length=40960)
+    with OllamaServer(lambda r: "x", models=(card,)) as server, trio.fail_after(120):
+        done = await trio.run_process(
+            [sys.executable, "-c", "from rlm_host.cli import app; app()", "doctor", "--json",
+             "--model", "missing-model", "--llm-url", server.url],
+            capture_stdout=True, capture_stderr=True, check=False,
+        )
+    checks = {c["name"]: c for c in json.loads(done.stdout)}
+    assert done.returncode == 1  # the missing model fails the doctor
+    assert checks["model server"]["ok"] and "qwen3:latest" in checks["model server"]["detail"]
+    assert not checks["model"]["ok"] and checks["model"]["fix"].startswith("ollama pull missing-model")
