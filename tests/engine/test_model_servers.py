@@ -31,7 +31,7 @@ from rlm_host.trajectory import (
     read_trajectory,
 )
 from rlm_host.viewer.tree import build_view
-from scripted_model import ChatRequest, ScriptedModel
+from scripted_model import ChatRequest, Outcome, ScriptedModel
 from test_cli_run import rlm_run
 
 #: A whole local run here takes seconds; a hang fails by name.
@@ -113,18 +113,26 @@ def long_run(requests_seen: list[bool]) -> Any:
     as this request shows it (``lost`` when the server dropped it)."""
     steps = itertools.count(1)
 
-    def script(request: ChatRequest) -> str:
+    def script(request: ChatRequest) -> Outcome:
         if request.is_leaf:  # a compaction's summary request
             return "Steps so far printed 4000 x's each; nothing was found yet."
         step = next(steps)
         visible = "TASK-7731" in request.first_user
         requests_seen.append(visible)
         if step <= STEPS:
-            return fence(f"chunk_{step} = 'x' * 4000\nprint(chunk_{step})")
+            return Thought(fence(f"chunk_{step} = 'x' * 4000\nprint(chunk_{step})"), reasoning=f"thought {step}")
         word = "heron" if visible else "lost"
-        return fence(f"Final = {word!r}")
+        return Thought(fence(f"Final = {word!r}"), reasoning="the task is in the first message")
 
     return script
+
+
+def assert_reasoning_kept(events: list[Any]) -> None:
+    """Every answered step of the root recorded its reasoning, the last one the Final's."""
+    requests = {e.call: e for e in events if isinstance(e, ModelRequest)}
+    answered = [e for e in events if isinstance(e, ModelResponse) and e.error is None and requests[e.call].purpose == "rlm"]
+    assert len(answered) > STEPS and all(e.reasoning.startswith("thought ") for e in answered[:-1])
+    assert answered[-1].reasoning == "the task is in the first message"
 
 
 @pytest.mark.parametrize("honour_num_ctx", [True, False], ids=["num_ctx-honoured", "window-fixed-at-4k"])
@@ -136,6 +144,7 @@ async def test_a_long_run_at_ollamas_default_window_keeps_its_task(honour_num_ct
         result = await run_rlm(TASK, options=local_options(server.url, trajectory, max_steps=STEPS + 4))
     assert result.answer == "heron", result.detail
     events = read_trajectory(trajectory)
+    assert_reasoning_kept(events)
     (ready,) = [e for e in events if isinstance(e, ModelReady)]
     assert ready.num_ctx == 16384 and ready.window == 16384 and ready.context_length == 40960
     assert all(r.body["options"]["num_ctx"] == 16384 for r in server.requests())
@@ -160,6 +169,7 @@ async def test_vllm_window_from_models_compacts_before_a_refusal(trajectory: Pat
         result = await run_rlm(TASK, options=local_options(server.url, trajectory, api="openai", max_steps=STEPS + 4))
     assert result.answer == "heron", result.detail
     events = read_trajectory(trajectory)
+    assert_reasoning_kept(events)
     assert not server.refusals and all(seen)
     assert any(isinstance(e, Compaction) for e in events)
     assert not any(isinstance(e, ContextOverflow) for e in events)
@@ -174,6 +184,7 @@ async def test_a_refusal_for_length_compacts_and_retries(trajectory: Path) -> No
         result = await run_rlm(TASK, options=local_options(server.url, trajectory, api="openai", max_steps=STEPS + 4))
     assert result.answer == "heron", result.detail
     events = read_trajectory(trajectory)
+    assert_reasoning_kept(events)
     overflows = [e for e in events if isinstance(e, ContextOverflow)]
     assert server.refusals and overflows[0].kind == "refused" and overflows[0].window == 4096
     assert "exceeds the available context size" in overflows[0].detail
