@@ -19,7 +19,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
@@ -79,6 +79,8 @@ class ChatRequest:
     messages: list[dict[str, str]]
     stream: bool
     body_bytes: int
+    #: The whole JSON body (options, think, keep_alive, chat_template_kwargs, ...).
+    body: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def system(self) -> str | None:
@@ -119,6 +121,9 @@ class ChatRequest:
 
 
 Script = Callable[[ChatRequest], Outcome]
+
+#: The chat routes; every other path goes to ``ScriptedModel.other_route``.
+CHAT_PATHS = frozenset({"/api/chat", "/v1/chat/completions"})
 
 
 @dataclass
@@ -168,6 +173,8 @@ class ScriptedModel:
         #: When set, a request for another model gets Ollama's/OpenAI's 404 "model not found".
         self.known_models = known_models
         self.log: list[RequestRecord] = []
+        #: Requests to other routes than chat: (method, path, JSON body or None).
+        self.other_requests: list[tuple[str, str, Any]] = []
         #: Exceptions raised by the script (re-raised by ``close`` so that the test fails).
         self.script_errors: list[Exception] = []
         self._injected: collections.deque[Outcome] = collections.deque()
@@ -229,6 +236,13 @@ class ScriptedModel:
             peak = max(peak, current)
         return peak
 
+    # --- routes other than chat -----------------------------------------------------------
+
+    def other_route(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        """Status and JSON of a request to ``path`` that is not a chat call; emulations of real
+        servers (``model_servers``) answer model listings and ``/api/show`` here."""
+        return 404, {"error": f"no route {path}"}
+
     # --- serving --------------------------------------------------------------------------
 
     def _next_outcome(self, request: ChatRequest) -> Outcome:
@@ -262,6 +276,9 @@ class ScriptedModel:
                 """Quiet: the test log is ``server.log``."""
 
             def do_POST(self) -> None:
+                if self.path not in CHAT_PATHS:
+                    self._serve_other("POST")
+                    return
                 record = RequestRecord(path=self.path, body_bytes=0, start=time.monotonic())
                 with server._lock:
                     server.log.append(record)
@@ -269,6 +286,23 @@ class ScriptedModel:
                     self._serve(record)
                 finally:
                     record.end = time.monotonic()
+
+            def do_GET(self) -> None:
+                self._serve_other("GET")
+
+            def _serve_other(self, method: str) -> None:
+                """A request that is not a chat call (model listing, ``/api/show``): answered by
+                ``ScriptedModel.other_route``, kept apart from ``log``."""
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                try:
+                    body = json.loads(raw) if raw else None
+                except ValueError:
+                    body = None
+                with server._lock:
+                    server.other_requests.append((method, self.path, body))
+                status, data = server.other_route(method, self.path, body)
+                self._send_raw(RequestRecord(self.path, len(raw), 0.0), status, json.dumps(data).encode(), "application/json")
 
             def _serve(self, record: RequestRecord) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -288,6 +322,7 @@ class ScriptedModel:
                     messages=body.get("messages", []),
                     stream=bool(body.get("stream", api == "ollama")),
                     body_bytes=len(raw),
+                    body=body,
                 )
                 record.request = request
                 outcome = server._next_outcome(request)

@@ -116,6 +116,7 @@ async def test_trajectory_records_the_run(trajectory: Path) -> None:
     kinds = [type(e).__name__ for e in read_trajectory(trajectory)]
     assert kinds == [
         "RunStart",
+        "ModelReady",
         "ModelRequest",
         "ModelResponse",
         "BlockRun",

@@ -56,6 +56,9 @@ def _question(request: ChatRequest) -> str:
 
 
 def readme_script(request: ChatRequest) -> str:
+    if request.is_leaf and request.last_user == "What is 6 * 7? Only the number.":
+        assert request.model == "qwen3:0.6b" and request.body["think"] is False
+        return "42"
     if request.is_leaf:
         return "a summary of the earlier turns"
     task = _question(request)
@@ -65,6 +68,9 @@ def readme_script(request: ChatRequest) -> str:
         if request.turn == 0:
             return fence('Final = {"label": "spam"}')
         return fence('Final = {"label": "spam", "confidence": 0.97}')
+    if task.startswith("Ask a smaller model"):
+        assert request.model == "qwen3.6"
+        return fence("Final = int(llm_query('What is 6 * 7? Only the number.'))")
     if task.startswith("What is 6 * 7?"):
         return fence("Final = 6 * 7")
     if task.startswith("How many words"):
@@ -87,6 +93,7 @@ EXPECTED = {
     "Conversations": "3 alpha\n",
     "History compaction": "done\n",
     "Resume": "max_steps\n3\n",
+    "Models and servers": "42 ['qwen3.6', 'qwen3:0.6b']\n",
 }
 
 

@@ -45,11 +45,13 @@ from .engine import DEFAULT_TOOLS, Limits, Price, RlmEngine, RlmOutcome, StopRea
 from .engine.opening import PendingGuest
 from .errors import single_error
 from .isolation import GuestOptions, Isolation, open_guest
-from .llm import Api, DeltaCallback, LlmConfig, Usage, open_client
+from .llm import Api, DeltaCallback, LlmConfig, ModelInfo, Usage, open_client
+from .llm.window import choose_window
 from .tools import DEFAULT_TOOL_TIMEOUT, HostTool, as_tools
 from .trajectory import (
     Event,
     EventSink,
+    ModelReady,
     RunEnd,
     RunStart,
     TrajectoryRecorder,
@@ -134,8 +136,29 @@ class RunOptions:
     #: Cost budget of the run, priced with ``prices`` (per model; ``*`` for any other).
     max_cost: float | None = None
     prices: Mapping[str, Price] = field(default_factory=dict)
-    #: The model's context in tokens: older turns are summarised when a history nears it.
+    #: The model's context in tokens: older turns are summarised when a history nears it, and
+    #: Ollama is asked for this window (``options.num_ctx``). ``None``: the server's word
+    #: (Ollama ``/api/show``, capped at ``OLLAMA_WINDOW_CAP``; vLLM ``max_model_len``).
     context_tokens: int | None = None
+    #: Reasoning on (``True``), off (``False``) or a level (``"low"``, ``"medium"``,
+    #: ``"high"``); ``None`` sends nothing and leaves the server's default.
+    think: bool | str | None = None
+    #: Send each reply's reasoning back in the history (it fills the window; off by default).
+    history_reasoning: bool = False
+    #: Treat a reply whose prompt-token count shows a truncated prompt as a window overflow
+    #: (compact and send again). Off for a server whose counts leave out cached tokens.
+    detect_truncation: bool = True
+    #: How long Ollama keeps the model loaded after a request (its ``keep_alive``);
+    #: ``None`` leaves Ollama's default (5 minutes).
+    keep_alive: str | None = "30m"
+    #: The model of ``llm_query`` and of child RLMs (``None``: the root's model).
+    sub_model: str | None = None
+    #: The sub-model's server and API when it is not the root's.
+    sub_llm_url: str | None = None
+    sub_api: Api | None = None
+    #: More models that code may name in ``rlm_query(..., model=...)`` (served by the root's
+    #: server); the root's model and ``sub_model`` are always allowed.
+    models: Sequence[str] = ()
     #: Keep the task text beside the trajectory (``<trajectory>.prompt.txt``) for ``--resume``.
     save_prompt: bool = True
 
@@ -153,6 +176,21 @@ class RunOptions:
             context_tokens=self.context_tokens,
         )
 
+    def sub_llm_config(self) -> LlmConfig | None:
+        """The sub-model's client configuration (its own server, or the root's), or ``None``."""
+        if self.sub_model is None:
+            return None
+        root = self.llm_config()
+        if self.sub_llm_url is None and self.sub_api is None:
+            return replace(root, model=self.sub_model)
+        api = self.sub_api or root.api
+        config = LlmConfig.resolve(api=api, model=self.sub_model, url=self.sub_llm_url or (root.base_url if api == root.api else None))
+        return replace(
+            config,
+            stream=root.stream, max_retries=root.max_retries, backoff_base=root.backoff_base,
+            read_timeout=root.read_timeout, think=root.think, keep_alive=root.keep_alive,
+        )
+
     def llm_config(self) -> LlmConfig:
         """The model client's configuration: options first, then the environment."""
         config = LlmConfig.resolve(api=self.api, model=self.model, url=self.llm_url)
@@ -162,6 +200,8 @@ class RunOptions:
             max_retries=self.llm_retries,
             backoff_base=self.llm_backoff,
             read_timeout=self.llm_timeout,
+            think=self.think,
+            keep_alive=self.keep_alive,
         )
 
 
@@ -184,6 +224,9 @@ class RunResult(Generic[T]):
     value: T | None = None
     #: What the run cost at the user's prices (``None`` when none were given).
     cost: float | None = None
+    #: ``usage`` and ``cost`` split by model name.
+    usage_by_model: Mapping[str, Usage] = field(default_factory=dict)
+    cost_by_model: Mapping[str, float] = field(default_factory=dict)
 
 
 def _guest_tools(options: RunOptions) -> Sequence[str]:
@@ -240,6 +283,23 @@ async def _guest(
         raise closing_error[0]
 
 
+def _check_think(config: LlmConfig, info: ModelInfo) -> None:
+    """Refuse at once a reasoning switch the model cannot take (Ollama answers such a request
+    with an error at every step, or quietly ignores an unknown level)."""
+    think = config.think
+    if think is None or think is False:
+        return
+    if info.reasons is False:
+        raise ValueError(
+            f"model {config.model!r} does not reason (its capabilities: {', '.join(info.capabilities)}): "
+            "drop --think / --think-level"
+        )
+    levels = [value for value in info.think_values if value not in ("true", "false")]
+    if isinstance(think, str) and info.think_values and think not in levels:
+        takes = f"--think-level {' or '.join(levels)}" if levels else "no levels, only --think / --no-think"
+        raise ValueError(f"model {config.model!r} takes {takes}, not --think-level {think}")
+
+
 class _Run:
     """One run's recorder and engine, and what its ``RunEnd`` will say."""
 
@@ -277,6 +337,8 @@ class _Run:
             run_id=self.run_id,
             value=outcome.value,
             cost=self.cost(),
+            usage_by_model=dict(self.engine.meter.usage_by_model),
+            cost_by_model=dict(self.engine.meter.cost_by_model) if self.options.prices else {},
         )
 
 
@@ -330,7 +392,33 @@ async def open_engine(
                 resumed_from=str(resumed_from) if resumed_from is not None else None,
             )
         )
-        async with open_client(config, limiter=options.model_limiter) as client, _guest(options, connection) as guest:
+        sub_config = options.sub_llm_config()
+        async with contextlib.AsyncExitStack() as stack:
+            client = await stack.enter_async_context(open_client(config, limiter=options.model_limiter))
+            clients = {}
+            if sub_config is not None and sub_config.model != config.model:
+                clients[sub_config.model] = await stack.enter_async_context(
+                    open_client(sub_config, limiter=options.model_limiter)
+                )
+            guest = await stack.enter_async_context(_guest(options, connection))
+            # While the guest starts: a missing model fails here, in the first second, and the
+            # window is known before the first request.
+            windows: dict[str, int] = {}
+            for each in (client, *clients.values()):
+                info = await each.describe()
+                _check_think(each.config, info)
+                window, num_ctx = choose_window(each.config.api, info, options.context_tokens)
+                each.config = replace(each.config, num_ctx=num_ctx)
+                if window is not None:
+                    windows[each.config.model] = window
+                recorder.emit(
+                    ModelReady(
+                        ts=time.time(), rlm="0", depth=0, model=each.config.model,
+                        context_length=info.context_length, capabilities=info.capabilities,
+                        window=window, num_ctx=num_ctx, think=each.config.think,
+                    )
+                )
+            limits = replace(limits, context_tokens=windows.get(config.model))
             run._engine = RlmEngine(
                 connection=guest,
                 client=client,
@@ -340,7 +428,13 @@ async def open_engine(
                 host_tools=host_tools,
                 exec_timeout=options.exec_timeout,
                 on_delta=options.on_delta,
+                history_reasoning=options.history_reasoning,
+                detect_truncation=options.detect_truncation,
+                sub_model=options.sub_model,
+                clients=clients,
+                models=options.models,
             )
+            run._engine.windows.update(windows)
             yield run
     finally:
         recorder.emit(
@@ -353,6 +447,7 @@ async def open_engine(
                 usage=run._engine.meter.usage if run._engine is not None else Usage(),
                 answer_chars=run.answer_chars,
                 cost=run.cost(),
+                usage_by_model=dict(run._engine.meter.usage_by_model) if run._engine is not None else {},
             )
         )
         recorder.close()

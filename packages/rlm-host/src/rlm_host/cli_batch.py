@@ -48,6 +48,8 @@ SHARED_RUN_OPTIONS = (
     "max_steps", "max_depth", "max_model_calls", "max_tokens", "max_seconds", "max_cost",
     "concurrency", "context_tokens", "tool", "tool_timeout", "price", "prices",
     "isolation", "memory_mb", "network",
+    "think", "think_level", "history_reasoning", "keep_alive", "detect_truncation",
+    "sub_model", "sub_llm_url", "sub_api", "allow_model",
 )
 
 EXIT_ERROR = 2
@@ -72,6 +74,10 @@ def _run_options(shared: dict[str, Any]) -> RunOptions:
     prices: dict[str, Price] = load_prices(shared["prices"]) if shared.get("prices") else {}
     prices.update(parse_price(item) for item in shared.get("price") or [])
     values["prices"] = prices
+    values["think"] = cli_run.think_value(shared.get("think"), shared.get("think_level"))
+    values["models"] = tuple(shared.get("allow_model") or ())
+    if "keep_alive" in values:
+        values["keep_alive"] = values["keep_alive"] or None
     return RunOptions(**values)
 
 

@@ -17,7 +17,7 @@ import trio
 import typer
 
 from .api import RunOptions
-from .cli_run import ApiChoice, IsolationChoice
+from .cli_run import ApiChoice, IsolationChoice, think_value
 from .conversation import Conversation
 from .errors import RlmError
 from .tools import load_tool
@@ -86,6 +86,11 @@ def chat(
     ] = IsolationChoice.vm,
     memory_mb: Annotated[int, typer.Option(help="VM memory in MiB.")] = 1536,
     trajectory: Annotated[Optional[Path], typer.Option(help="Trajectory file of the conversation.")] = None,
+    sub_model: Annotated[Optional[str], typer.Option(help="Model of llm_query and child RLMs (default: --model).")] = None,
+    think: Annotated[
+        Optional[bool], typer.Option("--think/--no-think", help="Switch a reasoning model's thinking on or off.")
+    ] = None,
+    think_level: Annotated[Optional[str], typer.Option(help="Reasoning level: low, medium or high.")] = None,
 ) -> None:
     """Ask questions about FILE one after another in one REPL session (one question per line)."""
     first_context = _read_context(file) if file is not None else None
@@ -106,6 +111,8 @@ def chat(
         isolation=isolation.value,
         memory_mb=memory_mb,
         trajectory_path=trajectory,
+        sub_model=sub_model,
+        think=think_value(think, think_level),
     )
     try:
         trio.run(_converse, options, first_context)

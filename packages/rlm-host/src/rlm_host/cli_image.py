@@ -8,20 +8,19 @@ prints the manifest alone on stdout.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Optional
 
-from .llm import _httpx  # noqa: F401  (first: keeps httpx's CLI module out)
-import httpx
 import typer
 from rich.console import Console
 from rich.status import Status
 
+from .llm.check import check_model
+from .llm.config import LlmConfig
 from .vm.accel import find_qemu, probe_accel
 from .vm.cache import cache_root, share_dir
 from .vm.errors import VMError
@@ -141,14 +140,14 @@ class _Check:
     fix: str = ""
 
 
-def _model_server_url() -> str:
-    host = os.environ.get("OLLAMA_HOST", "http://localhost:11434")
-    if "://" not in host:
-        host = "http://" + host
-    return host.rstrip("/") + "/api/tags"
+def _model_checks(config: LlmConfig, context_tokens: int | None) -> list[_Check]:
+    import trio
+
+    found = trio.run(lambda: check_model(config, context_tokens=context_tokens))
+    return [_Check(c.name, c.ok, c.detail, c.fix) for c in found]
 
 
-def _checks() -> list[_Check]:
+def _checks(config: LlmConfig | None = None, context_tokens: int | None = None) -> list[_Check]:
     checks: list[_Check] = []
     qemu = find_qemu()
     checks.append(_Check("qemu", qemu is not None, qemu or "qemu-system-x86_64 not on PATH", _SETUP_FIX))
@@ -190,23 +189,22 @@ def _checks() -> list[_Check]:
                                      + ("" if snapshots else " (the first VM start makes one; or: uv run rlm image build)")))
         except VMError as exc:
             checks.append(_Check("agent", False, str(exc), "run from the rlm checkout"))
-    url = _model_server_url()
-    try:
-        response = httpx.get(url, timeout=2.0)
-        response.raise_for_status()
-        models = [m.get("name", "?") for m in response.json().get("models", [])]
-        checks.append(_Check("model server", True, f"{url}: {len(models)} models ({', '.join(models[:5])})"))
-    except (httpx.HTTPError, ValueError) as exc:
-        checks.append(_Check("model server", False, f"{url}: {exc.__class__.__name__}: {exc}",
-                             "start Ollama (ollama serve) or set OLLAMA_HOST=http://host:port"))
+    checks += _model_checks(config or LlmConfig.resolve(), context_tokens)
     return checks
 
 
 def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON on stdout.")] = False,
+    model: Annotated[Optional[str], typer.Option(help="Model to check [env: RLM_MODEL].")] = None,
+    llm_url: Annotated[Optional[str], typer.Option(help="Model server URL [env: RLM_LLM_URL, OLLAMA_HOST, OPENAI_BASE_URL].")] = None,
+    api: Annotated[Optional[str], typer.Option(help="Chat API of the server: ollama or openai.")] = None,
+    context_tokens: Annotated[Optional[int], typer.Option(help="The window a run would be given.")] = None,
 ) -> None:
-    """Check qemu, the accelerator, the image, the cache and the model server; print fixes."""
-    checks = _checks()
+    """Check qemu, the accelerator, the image, the cache, the model server and the model; print fixes."""
+    if api not in (None, "ollama", "openai"):
+        raise typer.BadParameter("must be ollama or openai", param_hint="--api")
+    config = LlmConfig.resolve(api=api, model=model, url=llm_url)  # type: ignore[arg-type]
+    checks = _checks(config, context_tokens)
     if as_json:
         sys.stdout.write(json.dumps([c.__dict__ for c in checks], indent=2) + "\n")
     else:

@@ -37,7 +37,7 @@ from .tools import DEFAULT_TOOL_TIMEOUT, load_tool
 from .trajectory import Event, EventSink, Resumed
 from .vm.errors import VMError
 
-__all__ = ["ApiChoice", "IsolationChoice", "build_prompt", "run"]
+__all__ = ["ApiChoice", "IsolationChoice", "build_prompt", "run", "think_value"]
 
 #: The seed's ``--smoke`` excerpt size when ``--limit-chars`` is not given.
 SMOKE_DEFAULT_CHARS = 4000
@@ -101,6 +101,20 @@ def build_prompt(
     return paper_brief_task(text) if is_pdf else text
 
 
+def think_value(think: bool | None, level: str | None) -> bool | str | None:
+    """The reasoning switch of ``--think/--no-think`` and ``--think-level`` (``None``: neither
+    was given, nothing is sent).
+
+    >>> think_value(None, None), think_value(False, None), think_value(None, "High")
+    (None, False, 'high')
+    """
+    if level is not None:
+        if think is False:
+            raise typer.BadParameter("--no-think and --think-level contradict each other")
+        return level.strip().lower()
+    return think
+
+
 def _with_resume_report(progress: Progress | None) -> EventSink:
     """Say on stderr what a resume restored and what it could not, then pass events on."""
 
@@ -127,6 +141,7 @@ def _result_json(result: RunResult[Any]) -> str:
             "stop_reason": result.stop_reason,
             "detail": result.detail,
             "usage": msgspec.to_builtins(result.usage),
+            "usage_by_model": msgspec.to_builtins(dict(result.usage_by_model)),
             "trajectory": str(result.trajectory_path) if result.trajectory_path else None,
             "duration": round(result.duration, 3),
             "run_id": result.run_id,
@@ -200,6 +215,43 @@ def run(
         float,
         typer.Option(help="Seconds a block may run before it is interrupted (0: no limit)."),
     ] = DEFAULT_BLOCK_TIMEOUT,
+    think: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--think/--no-think",
+            help="Switch a reasoning model's thinking on or off (Ollama 'think', vLLM "
+            "chat_template_kwargs.enable_thinking); unset: the server's default.",
+        ),
+    ] = None,
+    think_level: Annotated[
+        Optional[str], typer.Option(help="Reasoning level: low, medium or high (gpt-oss; OpenAI shape: reasoning_effort).")
+    ] = None,
+    history_reasoning: Annotated[
+        bool, typer.Option(help="Send each reply's reasoning back in the history (fills the window).")
+    ] = False,
+    keep_alive: Annotated[
+        str, typer.Option(help="How long Ollama keeps the model loaded between requests ('' : Ollama's default).")
+    ] = "30m",
+    sub_model: Annotated[
+        Optional[str], typer.Option(help="Model of llm_query and child RLMs (default: --model).")
+    ] = None,
+    sub_llm_url: Annotated[Optional[str], typer.Option(help="Server of --sub-model (default: --llm-url).")] = None,
+    sub_api: Annotated[Optional[ApiChoice], typer.Option(help="Chat API of --sub-llm-url.")] = None,
+    allow_model: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Another model code may name in rlm_query(..., model=...) (repeatable)."),
+    ] = None,
+    detect_truncation: Annotated[
+        bool,
+        typer.Option(
+            "--truncation-check/--no-truncation-check",
+            help="Treat a prompt-token count below what was sent as a silently truncated prompt "
+            "(compact, send again). Off for servers whose counts leave out cached tokens.",
+        ),
+    ] = True,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Progress shows each reply's reasoning, collapsed to a line.")
+    ] = False,
 ) -> None:
     """Answer a prompt with a Recursive Language Model; the answer alone goes to stdout."""
     if smoke and query is not None:
@@ -224,7 +276,7 @@ def run(
     tty = console.is_terminal
     if isolation is IsolationChoice.local:
         print("rlm: --isolation local runs model code on this machine, unsandboxed", file=sys.stderr)
-    progress = Progress(console) if tty else None
+    progress = Progress(console, verbose=verbose) if tty else None
     options = RunOptions(
         model=model,
         llm_url=llm_url,
@@ -248,6 +300,14 @@ def run(
         max_cost=max_cost,
         prices=price_table,
         context_tokens=context_tokens,
+        think=think_value(think, think_level),
+        history_reasoning=history_reasoning,
+        detect_truncation=detect_truncation,
+        keep_alive=keep_alive or None,
+        sub_model=sub_model,
+        sub_llm_url=sub_llm_url,
+        sub_api=None if sub_api is None else sub_api.value,
+        models=tuple(allow_model or ()),
     )
 
     async def go() -> RunResult[Any]:
@@ -281,3 +341,6 @@ def run(
             f"[dim]{usage.calls} model calls, {usage.total_tokens} tokens, "
             f"{result.duration:.1f} s; trajectory {result.trajectory_path}"
         )
+        if len(result.usage_by_model) > 1:
+            for name, part in sorted(result.usage_by_model.items()):
+                console.print(f"[dim]  {name}: {part.calls} calls, {part.total_tokens} tokens", highlight=False)

@@ -30,9 +30,11 @@ from .trajectory import (
     ChildEnd,
     ChildStart,
     Compaction,
+    ContextOverflow,
     EngineError,
     Event,
     FinalSet,
+    ModelReady,
     ModelRequest,
     ModelResponse,
     Observation,
@@ -87,8 +89,12 @@ class Progress:
     and only used in the trajectory).
     """
 
-    def __init__(self, console: Console, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, console: Console, *, clock: Callable[[], float] = time.monotonic, verbose: bool = False
+    ) -> None:
         self.console = console
+        #: Log each reply's reasoning, collapsed to one line (``rlm run --verbose``).
+        self.verbose = verbose
         self.state = ProgressState()
         self._clock = clock
         self._started = clock()
@@ -148,6 +154,10 @@ class Progress:
                 return None
             case ModelResponse():
                 state.tokens += event.usage.total_tokens
+                if self.verbose and event.reasoning:
+                    return f"[dim]{escape(event.rlm)} step {event.step} reasoning ({len(event.reasoning)} chars):[/] " + escape(
+                        _collapsed(event.reasoning)
+                    )
                 return None
             case BlockRun():
                 self._doing(event.rlm, "block", now, step=event.step)
@@ -184,6 +194,18 @@ class Progress:
             case Resumed():
                 problems = f", {len(event.problems)} not restored" if event.problems else ""
                 return escape(f"resumed {event.trajectory}: {event.steps_replayed} blocks replayed{problems}")
+            case ModelReady():
+                window = f"window {event.window} tokens" if event.window else "window unknown"
+                sent = f" (num_ctx {event.num_ctx})" if event.num_ctx else ""
+                reasons = ", reasons" if "thinking" in event.capabilities else ""
+                return escape(f"{event.model}: {window}{sent}{reasons}")
+            case ContextOverflow():
+                action = "history compacted, request sent again" if event.retry else "cannot compact further"
+                return "[yellow]" + escape(
+                    f"{event.rlm}: request did not fit the window ({event.kind}, ~{event.sent_tokens} tokens "
+                    f"sent, window {event.window}): {action}"
+                ) + "[/]"
+        return None
 
     def _doing(self, rlm: str, doing: str, now: float, *, step: int) -> None:
         call = self.state.calls_in_flight.get(rlm)
@@ -236,6 +258,20 @@ class Progress:
         label.append(f" · {doing} {secs(now - call.since)}", style="magenta" if call.doing == "model" else "yellow")
         label.append(f" · {secs(now - call.started)}", style="dim")
         return label
+
+
+#: Characters of a reasoning shown in one progress line (``--verbose``).
+REASONING_SHOWN = 160
+
+
+def _collapsed(text: str) -> str:
+    """A reasoning on one line, its start only.
+
+    >>> _collapsed("First,\\n  look at the prompt.  Then...")
+    'First, look at the prompt. Then...'
+    """
+    flat = " ".join(text.split())
+    return flat if len(flat) <= REASONING_SHOWN else flat[: REASONING_SHOWN - 1] + "…"
 
 
 def secs(seconds: float) -> str:

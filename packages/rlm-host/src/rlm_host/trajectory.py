@@ -33,6 +33,8 @@ __all__ = [
     "ChildEnd",
     "ChildStart",
     "Compaction",
+    "ContextOverflow",
+    "ModelReady",
     "EngineError",
     "Event",
     "EventSink",
@@ -113,6 +115,9 @@ class ModelResponse(_Event, frozen=True, tag="model_response"):
     usage: Usage = Usage()
     attempts: int = 1
     error: str | None = None
+    #: What a reasoning model thought before ``content`` (its reasoning field, or an inline
+    #: ``<think>`` block); not part of the history sent back.
+    reasoning: str = ""
 
 
 class BlockRun(_Event, frozen=True, tag="block"):
@@ -180,6 +185,37 @@ class Compaction(_Event, frozen=True, tag="compaction"):
     summary: str
 
 
+class ModelReady(_Event, frozen=True, tag="model_ready"):
+    """What the server said about a model at the start of a run, and the window chosen."""
+
+    model: str
+    #: The model's own maximum context, as the server reported it (``None``: not reported).
+    context_length: int | None = None
+    capabilities: tuple[str, ...] = ()
+    #: The tokens histories are kept under (``None``: unknown until the server refuses).
+    window: int | None = None
+    #: Ollama ``options.num_ctx`` sent with every request.
+    num_ctx: int | None = None
+    think: bool | str | None = None
+
+
+class ContextOverflow(_Event, frozen=True, tag="context_overflow"):
+    """A request did not fit the model's window: the server refused it (``refused``, HTTP 400)
+    or dropped its oldest messages (``truncated``: it counted ``reported_tokens`` prompt tokens
+    for about ``sent_tokens`` sent). The history is compacted and the request sent again, up to
+    the window learnt here; ``retry`` is false when nothing was left to compact."""
+
+    step: int
+    call: int
+    kind: str
+    sent_tokens: int
+    reported_tokens: int | None = None
+    #: The window the host works with from now on (the server's word, else its count).
+    window: int | None = None
+    detail: str = ""
+    retry: bool = True
+
+
 class Question(_Event, frozen=True, tag="question"):
     """A new question of a conversation (``Conversation.ask``, ``rlm chat``)."""
 
@@ -228,6 +264,8 @@ class RunEnd(_Event, frozen=True, tag="run_end"):
     answer_chars: int = 0
     #: Cost from the user's prices (``--price``), when given.
     cost: float | None = None
+    #: ``usage`` split by model (the root's, ``--sub-model``, models picked by code).
+    usage_by_model: dict[str, Usage] = {}
 
 
 Event = Union[
@@ -246,6 +284,8 @@ Event = Union[
     Compaction,
     Question,
     Resumed,
+    ContextOverflow,
+    ModelReady,
 ]
 
 #: Receives every event as it is recorded (live progress display, an event API).

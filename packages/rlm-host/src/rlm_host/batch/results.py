@@ -5,6 +5,7 @@ A result line::
     {"id": "q1", "status": "ok", "answer": "green", "reason": null, "stop_reason": "final",
      "usage": {"prompt_tokens": 812, "completion_tokens": 40, "total_tokens": 852, "calls": 2,
                "cost": null},
+     "usage_by_model": {"qwen3.6": {"prompt_tokens": 812, ...}},
      "wall_time": 3.1, "trajectory": ".../q1.jsonl", "attempts": 1, "worker": "w0",
      "score": 1.0, "scores": {"exact": 1.0, "normalised": 1.0}}
 
@@ -65,6 +66,8 @@ class TaskResult(msgspec.Struct, frozen=True):
     reason: str | None = None
     stop_reason: str | None = None
     usage: TokenUsage = TokenUsage()
+    #: ``usage`` split by model (the root's, ``sub_model``, models picked by code).
+    usage_by_model: dict[str, TokenUsage] = {}
     wall_time: float = 0.0
     trajectory: str | None = None
     attempts: int = 1

@@ -34,6 +34,7 @@ PER_TASK_OPTIONS = frozenset({
     "model", "api", "llm_url", "stream", "llm_timeout", "llm_retries",
     "max_steps", "max_depth", "max_model_calls", "max_tokens", "max_seconds", "max_cost",
     "concurrency", "exec_timeout", "context_tokens",
+    "think", "history_reasoning", "keep_alive", "sub_model", "sub_llm_url", "sub_api", "models",
 })
 
 

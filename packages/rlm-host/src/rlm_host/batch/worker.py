@@ -61,9 +61,15 @@ class _Spent:
 
     def __init__(self) -> None:
         self.usage = TokenUsage()
+        self.by_model: dict[str, TokenUsage] = {}
 
     def see(self, event: Event) -> None:
         if isinstance(event, RunEnd) and event.depth == 0:
+            for model, part in event.usage_by_model.items():
+                self.by_model[model] = self.by_model.get(model, TokenUsage()) + TokenUsage(
+                    prompt_tokens=part.prompt_tokens, completion_tokens=part.completion_tokens,
+                    total_tokens=part.total_tokens, calls=part.calls,
+                )
             usage = event.usage
             self.usage = self.usage + TokenUsage(
                 prompt_tokens=usage.prompt_tokens,
@@ -187,7 +193,8 @@ class GuestWorker:
             outcome = await self._attempt(connection, task, first_attempt, spent)
             if not isinstance(outcome, _Died):
                 return msgspec.structs.replace(
-                    outcome, usage=spent.usage, wall_time=round(time.perf_counter() - started, 3)
+                    outcome, usage=spent.usage, usage_by_model=spent.by_model,
+                    wall_time=round(time.perf_counter() - started, 3),
                 )
             self._lost(connection)
         attempt = first_attempt
@@ -207,7 +214,8 @@ class GuestWorker:
                 outcome = retried
             if not isinstance(outcome, _Died):
                 return msgspec.structs.replace(
-                    outcome, usage=spent.usage, wall_time=round(time.perf_counter() - started, 3), attempts=attempt
+                    outcome, usage=spent.usage, usage_by_model=spent.by_model,
+                    wall_time=round(time.perf_counter() - started, 3), attempts=attempt,
                 )
         assert isinstance(outcome, _Died)
         return TaskResult(
@@ -215,6 +223,7 @@ class GuestWorker:
             status="error",
             reason=f"the guest died under this task {attempt - first_attempt + 1} times: {outcome.reason}",
             usage=spent.usage,
+            usage_by_model=spent.by_model,
             wall_time=round(time.perf_counter() - started, 3),
             trajectory=self._trajectory(task, attempt),
             attempts=attempt,

@@ -35,7 +35,10 @@ __all__ = [
     "parse_price",
 ]
 
-StopReason = Literal["final", "max_steps", "max_model_calls", "max_tokens", "max_cost", "wall_time"]
+#: ``context_window``: the history no longer fits the model's window, even compacted.
+StopReason = Literal[
+    "final", "max_steps", "max_model_calls", "max_tokens", "max_cost", "wall_time", "context_window"
+]
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,9 @@ class RunMeter:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.usage = Usage()
+        #: Usage and cost split by model name (``--sub-model``, ``rlm_query(model=...)``).
+        self.usage_by_model: dict[str, Usage] = {}
+        self.cost_by_model: dict[str, float] = {}
         self.calls_started = 0
         self.tokens = 0
         self.cost = 0.0
@@ -175,6 +181,7 @@ class RunMeter:
         """Add a finished call's usage (estimated from sizes when the server reported none);
         return its cost (0 without a price)."""
         self.usage = self.usage + usage
+        self.usage_by_model[model] = self.usage_by_model.get(model, Usage()) + usage
         if usage.reported:
             prompt, completion = usage.prompt_tokens, usage.completion_tokens
         else:
@@ -183,4 +190,5 @@ class RunMeter:
         price = self.limits.price(model)
         cost = price.cost(prompt, completion) if price is not None else 0.0
         self.cost += cost
+        self.cost_by_model[model] = self.cost_by_model.get(model, 0.0) + cost
         return cost

@@ -30,6 +30,7 @@ __all__ = [
     "compaction_prompt",
     "compacted_message",
     "metadata_message",
+    "models_prompt",
     "observation_message",
     "paper_brief_task",
     "query_task",
@@ -98,6 +99,21 @@ def system_prompt(tools: Sequence[str] = DEFAULT_TOOLS, host_tools: str = "") ->
     """
     return _SYSTEM_PROMPT_TEMPLATE.format(
         tools_sentence=_tools_sentence(tools), host_tools=host_tools + "\n" if host_tools else ""
+    )
+
+
+def models_prompt(models: Sequence[str], default: str) -> str:
+    """The system prompt's line about the models code may pick (empty with only one model).
+
+    >>> models_prompt(["big", "small"], "small")
+    "- `rlm_query`, `llm_query` and their batched forms take `model=...`: one of 'big', 'small' (default 'small')."
+    """
+    if len(models) < 2:
+        return ""
+    listed = ", ".join(repr(name) for name in sorted(models))
+    return (
+        "- `rlm_query`, `llm_query` and their batched forms take `model=...`: "
+        f"one of {listed} (default {default!r})."
     )
 
 

@@ -22,7 +22,7 @@ import itertools
 import json
 import time
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -33,8 +33,9 @@ from rlm_protocol import HostCall
 
 from ..connection import GuestConnection, HostCallHandler
 from ..errors import RlmError, single_error
-from ..llm.client import ChatClient
-from ..llm.messages import ChatMessage, ChatReply, DeltaCallback
+from ..llm.model import ChatModel
+from ..llm.errors import ContextLengthExceeded
+from ..llm.messages import ChatMessage, ChatReply, DeltaCallback, Usage
 from ..session import Session
 from ..tools import HostTool, ToolArgumentError, UnknownTool, args_sha256, stub_code, tools_prompt
 from ..trajectory import (
@@ -43,6 +44,7 @@ from ..trajectory import (
     ChildEnd,
     ChildStart,
     Compaction,
+    ContextOverflow,
     EngineError,
     FinalSet,
     Message,
@@ -62,6 +64,7 @@ from .prompts import (
     compacted_message,
     compaction_prompt,
     metadata_message,
+    models_prompt,
     observation_message,
     system_prompt,
 )
@@ -81,6 +84,22 @@ COMPACT_AT: Final = 0.75
 #: Messages kept verbatim at the end of a compacted history: the last two turns (assistant
 #: block, observation), which the model needs word for word to go on.
 KEEP_MESSAGES: Final = 4
+
+#: Ollama drops the oldest messages that do not fit its window without saying so
+#: (``server/prompt.go``, ``chatPrompt``); its ``prompt_eval_count`` is the only trace. A reply
+#: was made from a truncated prompt when that count is below this share of the estimate of what
+#: was sent (characters / 4: real text runs 3-4 characters per token, so a correct count is
+#: above the estimate, not at half of it), or when it did not grow although the history did
+#: since the previous request (the first drop of the oldest messages, where the count is still
+#: close to what was sent).
+TRUNCATED_BELOW: Final = 0.5
+
+#: Estimates below this many tokens are never judged truncated: a chat template's own tokens
+#: dominate small prompts, and no server's window is that small.
+TRUNCATION_MIN_TOKENS: Final = 1024
+
+#: Requests of one step that may be sent again after the window was exceeded.
+OVERFLOW_RETRIES: Final = 2
 
 
 @dataclass(frozen=True)
@@ -136,6 +155,11 @@ class RootRlm:
     #: Tokens of the history as the server last counted them, and the history length then.
     reported_tokens: int | None = None
     reported_len: int = 0
+    #: The call id of the RLM's latest model request.
+    last_call: int = 0
+    #: Prompt tokens the server counted for the last answered request, and the history length
+    #: then (``None`` after the history was replaced).
+    prompt_count: tuple[int, int] | None = None
 
     @property
     def session(self) -> Session:
@@ -188,7 +212,8 @@ class Replay:
 
 
 class RlmEngine:
-    """Runs RLMs for one run against one guest connection and one model client.
+    """Runs RLMs for one run against one guest connection and a ``ChatModel`` (``clients``:
+    more, for sub-models on other servers).
 
     ``run`` is the root; children are started by host calls. The engine owns neither the
     connection nor the client: the caller opens and closes them (``rlm_host.api`` does).
@@ -198,16 +223,42 @@ class RlmEngine:
         self,
         *,
         connection: GuestConnection | PendingGuest,
-        client: ChatClient,
+        client: ChatModel,
         recorder: TrajectoryRecorder,
         limits: Limits = Limits(),
         tools: Sequence[str] = DEFAULT_TOOLS,
         host_tools: Sequence[HostTool] = (),
         exec_timeout: float | None = None,
         on_delta: DeltaCallback | None = None,
+        history_reasoning: bool = False,
+        detect_truncation: bool = True,
+        sub_model: str | None = None,
+        clients: Mapping[str, ChatModel] | None = None,
+        models: Sequence[str] = (),
     ) -> None:
         self.connection = connection
         self.client = client
+        #: Send a reply's reasoning back in the history (``<think>…</think>`` before the
+        #: answer); off by default: it would fill the window and models are trained without it.
+        self.history_reasoning = history_reasoning
+        #: The window the host keeps histories under, per model; learnt from the server at the
+        #: start (``rlm_host.api``) and again when a request did not fit.
+        self.windows: dict[str, int] = {}
+        if limits.context_tokens is not None:
+            self.windows[client.config.model] = limits.context_tokens
+        #: Judge replies truncated from the server's prompt counts (``_truncated``).
+        self.detect_truncation = detect_truncation
+        #: False once the server's prompt counts proved unreliable (see ``_truncated``).
+        self._check_truncation = True
+        #: The model of ``llm_query`` and of children that name none (``None``: the root's).
+        self.sub_model = sub_model
+        #: Clients of models served elsewhere than the root's (``--sub-llm-url``).
+        self.clients: dict[str, ChatModel] = dict(clients or {})
+        #: The models ``rlm_query(..., model=...)`` may name: the root's, the sub-model, and
+        #: the ones the user allowed.
+        self.allowed_models = frozenset(
+            {client.config.model, *([sub_model] if sub_model else []), *models, *self.clients}
+        )
         self.recorder = recorder
         self.limits = limits
         self.meter = RunMeter(limits)
@@ -223,7 +274,15 @@ class RlmEngine:
     def _system_prompt(self, tools: Sequence[HostTool]) -> str:
         key = tuple(tool.name for tool in tools)
         if key not in self._system_prompts:
-            self._system_prompts[key] = system_prompt(self._guest_tools, tools_prompt(tools))
+            extra = "\n".join(
+                part
+                for part in (
+                    tools_prompt(tools),
+                    models_prompt(sorted(self.allowed_models), self.sub_model or self.client.config.model),
+                )
+                if part
+            )
+            self._system_prompts[key] = system_prompt(self._guest_tools, extra)
         return self._system_prompts[key]
 
     # --- the root ---------------------------------------------------------------------------
@@ -437,14 +496,16 @@ class RlmEngine:
             step = state.step
             await self._maybe_compact(state)
             reply = await self._step_request(state)
-            block = first_block(reply)
+            # Blocks come from the answer only: a draft in the reasoning is not what the model
+            # chose to run. An answer left empty by reasoning gets the re-prompt.
+            block = first_block(reply.content)
             if block is None:
                 # Unlike the seed, the reply stays in the history: roles keep alternating (some
                 # chat templates require it) and the model sees what it is being corrected for.
-                state.append({"role": "assistant", "content": reply})
+                state.append({"role": "assistant", "content": self._assistant_text(reply, reply.content)})
                 state.append({"role": "user", "content": NO_BLOCK_REPROMPT})
                 continue
-            state.append({"role": "assistant", "content": block.fenced})
+            state.append({"role": "assistant", "content": self._assistant_text(reply, block.fenced)})
             self.recorder.emit(
                 BlockRun(ts=time.time(), rlm=rlm, depth=depth, step=step, language=block.language, code=block.code)
             )
@@ -490,23 +551,93 @@ class RlmEngine:
         self._emit_stop(rlm, depth, "max_steps", detail)
         return RlmOutcome(None, "max_steps", detail)
 
-    async def _step_request(self, state: RootRlm) -> str:
-        """The model's reply to the RLM's history, recording what the history gained."""
-        history = state.history
-        if state.recorded is None:
-            new, rebased = history, True
-        else:
-            new, rebased = history[state.recorded :], False
-        reply = await self._chat(
-            list(history), rlm=state.id, depth=state.depth, step=state.step, model=state.model,
-            new_messages=new, rebased=rebased,
+    def _assistant_text(self, reply: ChatReply, answer: str) -> str:
+        if self.history_reasoning and reply.reasoning:
+            return f"<think>\n{reply.reasoning}\n</think>\n{answer}"
+        return answer
+
+    def _model(self, state: RootRlm) -> str:
+        return state.model or self.client.config.model
+
+    async def _step_request(self, state: RootRlm) -> ChatReply:
+        """The model's reply to the RLM's history, recording what the history gained.
+
+        A request that did not fit the window (refused, or silently truncated by the server)
+        compacts the history and is sent again; ``BudgetExhausted("context_window")`` when
+        compaction cannot help.
+        """
+        for retry in itertools.count():
+            history = state.history
+            if state.recorded is None:
+                new, rebased = history, True
+            else:
+                new, rebased = history[state.recorded :], False
+            sent = _chars(history) // 4
+            try:
+                reply = await self._chat(
+                    list(history), rlm=state.id, depth=state.depth, step=state.step, model=state.model,
+                    new_messages=new, rebased=rebased, track=state,
+                )
+            except ContextLengthExceeded as refused:
+                state.recorded = len(history)
+                window = refused.window or max(64, int(sent * COMPACT_AT))
+                await self._overflow(state, retry, "refused", sent, None, window, str(refused))
+                continue
+            state.recorded = len(history)
+            if self._truncated(state, reply.usage, sent, len(history)):
+                if retry > 0:
+                    # Even a compacted history was "truncated": the counts are not to be trusted
+                    # (some Ollama versions left cached prompt tokens out of them).
+                    self._check_truncation = False
+                else:
+                    window = reply.usage.prompt_tokens
+                    detail = (
+                        f"the server counted {window} prompt tokens for about {sent} sent: it dropped "
+                        "the oldest messages (a window smaller than the history)"
+                    )
+                    await self._overflow(state, retry, "truncated", sent, window, window, detail)
+                    continue
+            if reply.usage.reported:
+                state.reported_tokens = reply.usage.prompt_tokens + reply.usage.completion_tokens
+                # The reply is the next message; the server counted it as completion tokens.
+                state.reported_len = len(history) + 1
+                state.prompt_count = (reply.usage.prompt_tokens, len(history))
+            return reply
+        raise AssertionError("unreachable")
+
+    def _truncated(self, state: RootRlm, usage: Usage, sent: int, history_len: int) -> bool:
+        """Whether the server answered a truncated prompt (see ``TRUNCATED_BELOW``)."""
+        if not (self.detect_truncation and self._check_truncation and usage.reported and usage.prompt_tokens > 0):
+            return False
+        if sent < TRUNCATION_MIN_TOKENS:
+            return False
+        if usage.prompt_tokens < TRUNCATED_BELOW * sent:
+            return True
+        previous = state.prompt_count
+        return previous is not None and history_len > previous[1] and usage.prompt_tokens <= previous[0]
+
+    async def _overflow(
+        self, state: RootRlm, retry: int, kind: str, sent: int, reported: int | None, window: int, detail: str
+    ) -> None:
+        """Learn the smaller window, compact, and let the request go again; or stop."""
+        model = self._model(state)
+        known = self.windows.get(model)
+        self.windows[model] = window if known is None else min(known, window)
+        compacted = retry < OVERFLOW_RETRIES and await self._maybe_compact(state, force=True)
+        self.recorder.emit(
+            ContextOverflow(
+                ts=time.time(), rlm=state.id, depth=state.depth, step=state.step, call=state.last_call,
+                kind=kind, sent_tokens=sent, reported_tokens=reported, window=self.windows[model],
+                detail=detail[:500], retry=compacted,
+            )
         )
-        state.recorded = len(history)
-        if reply.usage.reported:
-            state.reported_tokens = reply.usage.prompt_tokens + reply.usage.completion_tokens
-            # The reply is the next message; the server counted it as completion tokens.
-            state.reported_len = len(history) + 1
-        return reply.content
+        if not compacted:
+            raise BudgetExhausted(
+                "context_window",
+                f"the history no longer fits the model's window ({self.windows[model]} tokens) even "
+                f"compacted ({kind}: {detail[:300]}); give the model a larger window "
+                "(--context-tokens, or the server's own setting)",
+            )
 
     # --- compaction -------------------------------------------------------------------------
 
@@ -517,16 +648,21 @@ class RlmEngine:
             return state.reported_tokens + _chars(state.history[state.reported_len :]) // 4
         return _chars(state.history) // 4
 
-    async def _maybe_compact(self, state: RootRlm) -> None:
-        limit = self.limits.context_tokens
+    async def _maybe_compact(self, state: RootRlm, *, force: bool = False) -> bool:
+        """Summarise the older turns when the history nears the window (or ``force``); whether
+        it did. The system prompt and the first message (task and prompt metadata) stay
+        verbatim."""
+        limit = self.windows.get(self._model(state))
         if limit is None:
-            return
+            if not force:
+                return False
+            limit = max(64, self._history_tokens(state))
         tokens = self._history_tokens(state)
-        if tokens < COMPACT_AT * limit:
-            return
+        if not force and tokens < COMPACT_AT * limit:
+            return False
         system, middle, tail = state.history[0], state.history[2:-KEEP_MESSAGES], state.history[-KEEP_MESSAGES:]
         if len(middle) < 2:
-            return  # nothing old enough to summarise: the model gets what it gets
+            return False  # nothing old enough to summarise: the model gets what it gets
         # The request itself must fit: half the context, in characters (4 per token).
         request = compaction_prompt(state.summary, [{"role": m["role"], "content": m["content"]} for m in middle], max_chars=limit * 2)
         messages: list[ChatMessage] = [{"role": "user", "content": request}]
@@ -543,6 +679,7 @@ class RlmEngine:
         state.history = [system, first, *tail]
         state.recorded = None
         state.reported_tokens = None
+        state.prompt_count = None
         # The full history stays reachable from code; binding it also unsets Final, which is
         # harmless here: a Final that was accepted ended the RLM before this point.
         session = await state.opening.wait()
@@ -554,6 +691,7 @@ class RlmEngine:
                 summary=state.summary,
             )
         )
+        return True
 
     # --- model calls ------------------------------------------------------------------------
 
@@ -568,13 +706,17 @@ class RlmEngine:
         purpose: str = "rlm",
         new_messages: Sequence[ChatMessage] = (),
         rebased: bool = False,
+        track: RootRlm | None = None,
     ) -> ChatReply:
-        """One model request through the run's limiter and meter, recorded as two events."""
+        """One model request through the run's limiter and meter, recorded as two events
+        (``track.last_call`` gets the request's call id)."""
         async with self._limiter:
             chosen = model or self.client.config.model
             # Checked once a slot is ours: the budget is judged at the moment of sending.
             self.meter.start_call(chosen)
             call = next(self._calls)
+            if track is not None:
+                track.last_call = call
             request_chars = _chars(messages)
             self.recorder.emit(
                 ModelRequest(
@@ -593,7 +735,7 @@ class RlmEngine:
             )
             started = time.perf_counter()
             try:
-                reply = await self.client.chat(messages, model=chosen, on_delta=self._on_delta)
+                reply = await self.clients.get(chosen, self.client).chat(messages, model=chosen, on_delta=self._on_delta)
             except Exception as error:
                 self.recorder.emit(
                     ModelResponse(
@@ -619,6 +761,7 @@ class RlmEngine:
                 content=reply.content,
                 usage=reply.usage,
                 attempts=reply.attempts,
+                reasoning=reply.reasoning,
             )
         )
         return reply
@@ -652,7 +795,14 @@ class RlmEngine:
             if not isinstance(prompt, str):
                 raise TypeError(f"{call.method} needs a str prompt, got {type(prompt).__name__}")
             requested = call.payload.get("model")
-            model = requested if isinstance(requested, str) and requested else parent_model
+            if requested is not None and requested != "":
+                if not isinstance(requested, str) or requested not in self.allowed_models:
+                    allowed = ", ".join(sorted(self.allowed_models))
+                    raise ValueError(f"model {requested!r} is not allowed in this run (allowed: {allowed})")
+                model: str | None = requested
+            else:
+                # A child of the root gets the sub-model; deeper ones inherit their parent's.
+                model = parent_model if parent_model is not None else self.sub_model
             leaf = call.method == "llm_query" or depth + 1 >= self.limits.max_depth
             child = f"{parent}.{next(self._children[parent])}"
             return await self._child(

@@ -12,30 +12,36 @@ from __future__ import annotations
 from .client import ChatClient, open_client
 from .config import DEFAULT_MODEL, DEFAULT_OLLAMA_URL, DEFAULT_OPENAI_URL, Api, LlmConfig
 from .errors import (
+    ContextLengthExceeded,
     ModelError,
     ModelNotFound,
     ModelResponseError,
     ModelServerDown,
     ModelServerError,
 )
-from .messages import ChatMessage, ChatReply, DeltaCallback, Role, Usage
+from .model import ChatModel
+from .messages import ChatMessage, ChatReply, DeltaCallback, ModelInfo, Role, Think, Usage
 
 __all__ = [
     "Api",
     "ChatClient",
+    "ChatModel",
     "ChatMessage",
     "ChatReply",
+    "ContextLengthExceeded",
     "DEFAULT_MODEL",
     "DEFAULT_OLLAMA_URL",
     "DEFAULT_OPENAI_URL",
     "DeltaCallback",
     "LlmConfig",
     "ModelError",
+    "ModelInfo",
     "ModelNotFound",
     "ModelResponseError",
     "ModelServerDown",
     "ModelServerError",
     "Role",
+    "Think",
     "Usage",
     "open_client",
 ]

@@ -8,6 +8,7 @@ in how a request body is built and how a reply (plain or streamed) is read; thos
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
@@ -17,10 +18,18 @@ import httpx
 import trio
 
 from .config import LlmConfig
-from .errors import ModelNotFound, ModelResponseError, ModelServerDown, ModelServerError
-from .messages import ChatMessage, ChatReply, DeltaCallback, Usage
+from .errors import (
+    ContextLengthExceeded,
+    ModelNotFound,
+    ModelResponseError,
+    ModelServerDown,
+    ModelServerError,
+)
+from .messages import ChatMessage, ChatReply, DeltaCallback, ModelInfo
 from .ollama import OllamaWire
 from .openai import OpenAIWire
+from .reasoning import separate
+from .wire import Parsed
 
 __all__ = ["ChatClient", "WireFormat", "open_client"]
 
@@ -41,14 +50,30 @@ class WireFormat(Protocol):
         """The JSON body of a request."""
         ...
 
-    def parse(self, url: str, data: Any) -> tuple[str, Usage]:
-        """Text and usage of a plain (non-streamed) reply; ``ModelResponseError`` if malformed."""
+    def parse(self, url: str, data: Any) -> Parsed:
+        """Text, reasoning and usage of a plain reply; ``ModelResponseError`` if malformed."""
         ...
 
     async def parse_stream(
         self, url: str, lines: AsyncIterator[str], on_delta: DeltaCallback | None
-    ) -> tuple[str, Usage]:
-        """Text and usage read from a streamed reply's lines; ``ModelResponseError`` if malformed."""
+    ) -> Parsed:
+        """The same read from a streamed reply's lines; ``ModelResponseError`` if malformed."""
+        ...
+
+    def info_request(self, config: LlmConfig, model: str) -> tuple[str, str, dict[str, Any] | None]:
+        """Method, URL and JSON body of the request that describes ``model``."""
+        ...
+
+    def parse_info(self, model: str, data: Any) -> ModelInfo:
+        """What the reply to ``info_request`` says about ``model``."""
+        ...
+
+    def list_request(self, config: LlmConfig) -> str:
+        """The URL that lists the server's models (GET)."""
+        ...
+
+    def parse_list(self, data: Any) -> tuple[str, ...]:
+        """The model names of the reply to ``list_request``."""
         ...
 
 
@@ -58,6 +83,35 @@ class _Retry(Exception):
     def __init__(self, final: Exception) -> None:
         super().__init__(str(final))
         self.final = final
+
+
+#: How servers word a request longer than the window: vLLM ("This model's maximum context
+#: length is 4096 tokens. However, you requested ..."), llama.cpp ("request (5000 tokens)
+#: exceeds the available context size (4096 tokens)"), OpenAI (``context_length_exceeded``).
+_CONTEXT_ERROR = re.compile(
+    r"maximum context length|context size|context_length_exceeded|context window|exceed_context_size",
+    re.IGNORECASE,
+)
+_WINDOW_NUMBER = re.compile(
+    r"(?:maximum context length is|available context size \(|n_ctx\W+)\s*(\d+)", re.IGNORECASE
+)
+
+
+def context_error(status: int, detail: str) -> int | None | bool:
+    """For a refused request: ``False`` when it is not about the window, else the window the
+    server named (or ``None`` when it named none).
+
+    >>> context_error(400, "This model's maximum context length is 4096 tokens. However, ...")
+    4096
+    >>> context_error(400, "request (5000 tokens) exceeds the available context size (4096 tokens)")
+    4096
+    >>> context_error(400, "bad temperature")
+    False
+    """
+    if status not in (400, 413) or not _CONTEXT_ERROR.search(detail):
+        return False
+    match = _WINDOW_NUMBER.search(detail)
+    return int(match.group(1)) if match else None
 
 
 def _error_detail(response: httpx.Response) -> str:
@@ -148,22 +202,40 @@ class ChatClient:
             attempt += 1
             try:
                 if self._limiter is None:
-                    text, usage = await self._attempt(payload, chosen_model, use_stream, on_delta, attempt)
+                    parsed = await self._attempt(payload, chosen_model, use_stream, on_delta, attempt)
                 else:
                     async with self._limiter:
-                        text, usage = await self._attempt(payload, chosen_model, use_stream, on_delta, attempt)
+                        parsed = await self._attempt(payload, chosen_model, use_stream, on_delta, attempt)
             except _Retry as retry:
                 if attempt > self.config.max_retries:
                     raise retry.final from retry.final.__cause__
                 await trio.sleep(self._backoff(attempt - 1, retry.final))
                 continue
+            answer, reasoning = separate(parsed.content, parsed.reasoning)
             return ChatReply(
-                content=text,
+                content=answer,
                 model=chosen_model,
-                usage=usage,
+                usage=parsed.usage,
                 duration=time.perf_counter() - started,
                 attempts=attempt,
+                reasoning=reasoning,
             )
+
+    async def describe(self, model: str | None = None) -> ModelInfo:
+        """What the server says about ``model`` (default: the configured one): its window,
+        capabilities and reasoning levels; fields it does not report stay empty.
+
+        One attempt, no retries: it runs at the start of a run, to fail in the first second.
+        Raises ``ModelNotFound`` when Ollama does not have the model (the message lists the
+        models it has); a server that cannot be reached or does not say gives an empty
+        ``ModelInfo`` (the chat request then retries and reports what is wrong).
+        """
+        return await _describe(self._http, self._wire, self.config, model or self.config.model)
+
+    async def list_models(self, *, strict: bool = False) -> tuple[str, ...]:
+        """The names of the models the server offers (empty when it cannot say); with
+        ``strict``, ``ModelServerDown`` when the server cannot be reached."""
+        return await _list(self._http, self._wire, self.config, strict=strict)
 
     def _backoff(self, retry_index: int, error: Exception) -> float:
         delay = min(self.config.backoff_max, self.config.backoff_base * 2.0**retry_index)
@@ -178,7 +250,7 @@ class ChatClient:
         stream: bool,
         on_delta: DeltaCallback | None,
         attempt: int,
-    ) -> tuple[str, Usage]:
+    ) -> Parsed:
         url = self.url
         request = self._http.build_request("POST", url, content=payload)
         try:
@@ -216,7 +288,10 @@ class ChatClient:
         detail = _error_detail(response)
         status = response.status_code
         if status == 404 and "model" in detail.lower():
-            raise ModelNotFound(url, model, detail)
+            raise ModelNotFound(url, model, detail, api=self.config.api)
+        window = context_error(status, detail)
+        if window is not False:
+            raise ContextLengthExceeded(url, status, detail, attempts=attempt, window=window or None)
         if status in _RETRY_STATUSES:
             raise _Retry(
                 ModelServerError(
@@ -232,6 +307,39 @@ class ChatClient:
                 attempts=attempt,
             )
         raise ModelServerError(url, status, detail, attempts=attempt)
+
+
+async def _describe(http: httpx.AsyncClient, wire: WireFormat, config: LlmConfig, model: str) -> ModelInfo:
+    method, url, body = wire.info_request(config, model)
+    try:
+        response = await http.request(method, url, json=body)
+    except httpx.HTTPError:
+        # Not reachable (yet): the chat request retries with backoff and reports it.
+        return ModelInfo(model)
+    if response.status_code == 404 and config.api == "ollama" and "model" in _error_detail(response).lower():
+        available = await _list(http, wire, config)
+        listed = f"; the server has: {', '.join(available)}" if available else "; the server has no models"
+        raise ModelNotFound(url, model, _error_detail(response) + listed, api=config.api)
+    if response.status_code != 200:
+        return ModelInfo(model)  # an older or other server: nothing known, nothing refused
+    try:
+        data = response.json()
+    except ValueError:
+        return ModelInfo(model)
+    return wire.parse_info(model, data)
+
+
+async def _list(
+    http: httpx.AsyncClient, wire: WireFormat, config: LlmConfig, *, strict: bool = False
+) -> tuple[str, ...]:
+    url = wire.list_request(config)
+    try:
+        response = await http.get(url)
+        return wire.parse_list(response.json()) if response.status_code == 200 else ()
+    except (httpx.HTTPError, ValueError) as error:
+        if strict and isinstance(error, httpx.TransportError):
+            raise ModelServerDown(url, f"{type(error).__name__}: {error}", attempts=1) from error
+        return ()
 
 
 def _retry_after(response: httpx.Response) -> float | None:

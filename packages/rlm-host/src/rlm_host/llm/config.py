@@ -61,8 +61,19 @@ class LlmConfig:
     #: Backoff before retry n (0-based) is ``min(backoff_max, backoff_base * 2**n)`` seconds.
     backoff_base: float = 0.5
     backoff_max: float = 8.0
-    #: Extra fields merged into every request body (e.g. ``{"options": {"num_ctx": 32768}}``).
+    #: Extra fields merged into every request body (e.g. ``{"options": {"temperature": 0}}``).
     extra_body: Mapping[str, object] | None = None
+    #: Reasoning on/off or a level ("low", "medium", "high"); ``None``: not sent, the server's
+    #: default. Ollama: the ``think`` field; OpenAI shape: ``chat_template_kwargs.enable_thinking``
+    #: and, for a level, ``reasoning_effort``.
+    think: bool | str | None = None
+    #: Ollama ``options.num_ctx``: the window the server allocates for this model. Without it
+    #: Ollama uses its own default (4k tokens under 24 GiB of VRAM) and silently drops the
+    #: oldest messages that do not fit.
+    num_ctx: int | None = None
+    #: Ollama ``keep_alive``: how long the model stays loaded after a request. Ollama's default
+    #: (5 minutes) is shorter than a long block, after which the next step would reload it.
+    keep_alive: str | None = "30m"
 
     @classmethod
     def resolve(
@@ -95,6 +106,18 @@ class LlmConfig:
             model=model or env.get("RLM_MODEL") or DEFAULT_MODEL,
             api_key=key,
         )
+
+    @property
+    def server_url(self) -> str:
+        """The API's root: the base URL, with ``/v1`` for an OpenAI-compatible server.
+
+        >>> LlmConfig(api="openai", base_url="http://h:8000").server_url
+        'http://h:8000/v1'
+        """
+        base = self.base_url.rstrip("/")
+        if self.api == "openai" and not base.endswith("/v1"):
+            return base + "/v1"
+        return base
 
     @property
     def endpoint(self) -> str:

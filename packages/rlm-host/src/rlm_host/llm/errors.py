@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..errors import RlmError
 
 __all__ = [
+    "ContextLengthExceeded",
     "ModelError",
     "ModelNotFound",
     "ModelResponseError",
@@ -42,10 +43,17 @@ class ModelServerDown(ModelError):
 class ModelNotFound(ModelError):
     """The server answered but does not have the model that was asked for."""
 
-    def __init__(self, url: str, model: str, detail: str) -> None:
+    def __init__(self, url: str, model: str, detail: str, *, api: str = "ollama") -> None:
+        if api == "ollama":
+            fix = f"Pull it: `ollama pull {model}`"
+        else:
+            fix = (
+                f"Serve it (vLLM: `vllm serve {model}`, or --served-model-name {model}; "
+                f"llama.cpp: --alias {model})"
+            )
         super().__init__(
             f"model {model!r} is not available at {url}: {detail}. "
-            f"Pull it (for Ollama: `ollama pull {model}`) or choose another with --model / RLM_MODEL.",
+            f"{fix}, or choose another with --model / RLM_MODEL (`rlm doctor` lists the server's models).",
             url=url,
         )
         self.model = model
@@ -81,3 +89,12 @@ class ModelResponseError(ModelError):
     def __init__(self, url: str, detail: str) -> None:
         super().__init__(f"malformed response from model server at {url}: {detail}", url=url)
 
+
+
+class ContextLengthExceeded(ModelServerError):
+    """The server refused the request as longer than the model's window (vLLM, llama.cpp:
+    HTTP 400); ``window`` is the size it named, when it named one."""
+
+    def __init__(self, url: str, status: int, detail: str, *, attempts: int, window: int | None) -> None:
+        super().__init__(url, status, detail, attempts=attempts)
+        self.window = window

@@ -54,7 +54,8 @@ function tokens(usage) {
   if (!usage) return null;
   const total = usage.prompt_tokens + usage.completion_tokens;
   const estimate = usage.reported ? "" : " (est.)";
-  return `${count(total)} tok${estimate}`;
+  const reasoning = usage.reasoning_tokens ? `, ${count(usage.reasoning_tokens)} reasoning` : "";
+  return `${count(total)} tok${estimate}${reasoning}`;
 }
 
 const STATUS_CLASS = { final: "final", error: "error", running: "running" };
@@ -177,6 +178,11 @@ function drawSummary() {
       chip("prompt", `${count(RUN.prompt_chars)} chars`), chip("started", started)),
     el("div", { class: "source" }, RUN.source, RUN.url ? ` · ${RUN.url}` : ""),
   );
+  const models = Object.entries(RUN.usage_by_model || {});
+  if (models.length > 1) {
+    document.getElementById("summary").append(el("div", { class: "chips", id: "usage-by-model" },
+      ...models.sort().map(([name, u]) => chip(name, `${count(u.calls)} calls · ${tokens(u)}`))));
+  }
   if (RUN.problems.length) {
     const banner = document.getElementById("problems");
     banner.hidden = false;
@@ -258,12 +264,13 @@ function rlmCard(rlm) {
     el("span", { class: "meta" }, `at ${secs(rlm.start)} · took ${duration === null ? "…" : secs(duration)}`),
     el("span", { class: "meta" }, rlm.kind === "leaf" ? `model ${secs(rlm.model_seconds)}` : `model ${secs(rlm.model_seconds)} · blocks ${secs(rlm.block_seconds)}`),
     el("span", { class: "meta" }, tokens(rlm.usage)),
+    rlm.model && rlm.model !== RUN.model ? el("span", { class: "meta", dataset: { model: rlm.model } }, `model ${rlm.model}`) : null,
     rlm.prompt_chars !== null ? el("span", { class: "meta" }, `prompt ${count(rlm.prompt_chars)} chars`) : null,
     rlm.answer_chars !== null ? el("span", { class: "meta" }, `answer ${count(rlm.answer_chars)} chars`) : null);
   const body = el("div", { class: "rlm-body" });
   for (const notice of rlm.notices) {
     body.append(el("div", { class: `notice ${notice.kind}`, dataset: { notice: notice.kind } },
-      el("b", {}, `${notice.kind === "budget" ? "budget stop" : "error"}: ${notice.title}`), ` at ${secs(notice.at)}\n`, notice.detail));
+      el("b", {}, `${{ budget: "budget stop", context: "context" }[notice.kind] || "error"}: ${notice.title}`), ` at ${secs(notice.at)}\n`, notice.detail));
   }
   for (const step of rlm.steps) body.append(stepView(rlm, step));
   if (rlm.final !== null && rlm.kind !== "leaf") {
@@ -290,6 +297,11 @@ function stepView(rlm, step) {
     problems.length ? el("span", { class: "badge error" }, problems.join(", ")) : null,
     step.final !== null ? el("span", { class: "badge final" }, "Final") : null);
   const body = el("div", { class: "step-body" });
+  if (step.reasoning) {
+    // Collapsed: a reasoning is often longer than everything else of the step.
+    body.append(el("details", { class: "reasoning" },
+      el("summary", {}, `reasoning (${count(step.reasoning.length)} chars)`), textBlock(step.reasoning)));
+  }
   if (rlm.kind === "leaf") {
     body.append(el("div", { class: "part-label" }, "reply"));
     body.append(step.reply !== null ? textBlock(step.reply) : textBlock("(no reply yet)"));
@@ -336,7 +348,7 @@ function reveal(id) {
 // ---- search and filters -------------------------------------------------------------------
 
 function stepText(step) {
-  return [step.reply, step.code, step.observation, step.final, step.error, step.model_error]
+  return [step.reply, step.reasoning, step.code, step.observation, step.final, step.error, step.model_error]
     .filter((t) => t !== null).join("\n").toLowerCase();
 }
 const STEP_TEXT = new Map();

@@ -25,6 +25,8 @@ from ..trajectory import (
     BudgetStop,
     ChildEnd,
     ChildStart,
+    Compaction,
+    ContextOverflow,
     EngineError,
     Event,
     FinalSet,
@@ -58,8 +60,12 @@ class StepView(msgspec.Struct, kw_only=True):
     messages: int | None = None
     attempts: int = 1
     usage: Usage | None = None
-    #: The model's whole reply (prose and the fenced block).
+    #: The model's whole reply (prose and the fenced block), its answer only.
     reply: str | None = None
+    #: What a reasoning model thought before the reply (shown collapsed).
+    reasoning: str | None = None
+    #: The model the request named.
+    model: str | None = None
     model_error: str | None = None
     language: str | None = None
     code: str | None = None
@@ -95,6 +101,8 @@ class RlmView(msgspec.Struct, kw_only=True):
     notices: list[Notice] = []
     children: list[str] = []
     usage: Usage = Usage()
+    #: The model of this RLM's requests (the last one, if it changed).
+    model: str | None = None
     model_seconds: float = 0.0
     block_seconds: float = 0.0
 
@@ -113,6 +121,8 @@ class RunView(msgspec.Struct, kw_only=True):
     duration: float | None = None
     stop_reason: str | None = None
     usage: Usage | None = None
+    #: Usage per model (from the requests, summed as the page loads; ``run_end``'s when given).
+    usage_by_model: dict[str, Usage] = {}
     answer_chars: int | None = None
     #: False when ``run_end`` is missing: the run crashed or is still going.
     complete: bool = False
@@ -129,6 +139,8 @@ class _Builder:
         self.rlms: dict[str, RlmView] = {}
         self.steps: dict[tuple[str, int], StepView] = {}
         self.run = RunView()
+        #: The model of each request, by (rlm, call), for its response's usage.
+        self.models: dict[tuple[str, int], str] = {}
 
     def at(self, ts: float) -> float:
         return round(ts - self.origin, 6)
@@ -194,6 +206,8 @@ class _Builder:
                 step.model_start, step.request_chars, step.messages = (
                     self.at(event.ts), event.request_chars, event.messages
                 )
+                step.model = view.model = event.model
+                self.models[(event.rlm, event.call)] = event.model
             case ModelResponse():
                 view = self.rlm(event)
                 step = self.step(view, event.step)
@@ -201,7 +215,11 @@ class _Builder:
                 step.attempts, step.model_error = event.attempts, event.error
                 if event.error is None:
                     step.reply, step.usage = event.content, event.usage
+                    step.reasoning = event.reasoning or None
                     view.usage = view.usage + event.usage
+                    model = self.models.get((event.rlm, event.call), "?")
+                    by_model = self.run.usage_by_model
+                    by_model[model] = by_model.get(model, Usage()) + event.usage
                 view.model_seconds += event.duration
                 if step.model_start is None:
                     step.model_start = round(step.model_end - event.duration, 6)
@@ -246,10 +264,31 @@ class _Builder:
                 view.notices.append(
                     Notice(kind="error", title=event.error_type, detail=event.message, at=self.at(event.ts))
                 )
+            case ContextOverflow():
+                view = self.rlm(event)
+                action = "history compacted, request sent again" if event.retry else "nothing left to compact"
+                view.notices.append(
+                    Notice(
+                        kind="context", title=f"window exceeded ({event.kind})",
+                        detail=f"~{event.sent_tokens} tokens sent, window {event.window}: {action}. {event.detail}",
+                        at=self.at(event.ts),
+                    )
+                )
+            case Compaction():
+                view = self.rlm(event)
+                view.notices.append(
+                    Notice(
+                        kind="context", title="history compacted",
+                        detail=f"{event.messages_before} -> {event.messages_after} messages, ~{event.tokens_before} tokens before",
+                        at=self.at(event.ts),
+                    )
+                )
             case RunEnd():
                 run = self.run
                 run.complete, run.stop_reason, run.duration = True, event.stop_reason, event.duration
                 run.usage, run.answer_chars = event.usage, event.answer_chars
+                if event.usage_by_model:
+                    run.usage_by_model = dict(event.usage_by_model)
                 root = self.rlm(event)
                 root.end = self.at(event.ts)
                 if root.status == "running":
