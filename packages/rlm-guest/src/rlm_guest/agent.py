@@ -423,6 +423,12 @@ class Agent:
                 frame.session, frame.call,
             )
             return
+        if frame.cwd is not None and not os.path.isdir(frame.cwd):
+            # PROTOCOL.md 3.2: refused now, not silently replaced by another directory later.
+            self._refuse(
+                "bad_request", f"cwd {frame.cwd!r} is not a directory", frame.session, frame.call
+            )
+            return
         if len(self._workers) >= self.limits.max_sessions:
             self._refuse(
                 "too_large",
