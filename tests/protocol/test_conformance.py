@@ -25,10 +25,12 @@ def relay(defect: str) -> list[str]:
 
 
 def test_reference_guest_passes_every_check() -> None:
-    report = run_conformance([*GUEST, "--max-output-chars", "5000"])
+    report = run_conformance([*GUEST, "--max-output-chars", "5000", "--max-sessions", "4"])
     assert report.ok, report.format()
     assert [r.name for r in report.results] == [c.name for c in CHECKS]
-    assert all(r.outcome is Outcome.PASS for r in report.results), report.format()
+    # The bash REPL is the only part of the protocol this Python guest does not claim.
+    skipped = [r.name for r in report.results if r.outcome is Outcome.SKIP]
+    assert skipped == ["bash_repl_vars", "bash_repl_host_calls"], report.format()
     assert report.hello is not None and report.hello.agent == "rlm-guest"
 
 

@@ -212,7 +212,8 @@ class Agent:
             protocol=PROTOCOL_VERSION,
             agent="rlm-guest",
             agent_version=__version__,
-            capabilities=CAPABILITIES,
+            # Every capability of the protocol but the bash REPL: this guest's REPL is Python.
+            capabilities=tuple(c for c in CAPABILITIES if c != "repl.bash"),
             limits=self.limits,
             runtime={
                 "python": platform.python_version(),
