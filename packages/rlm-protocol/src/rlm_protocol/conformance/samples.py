@@ -79,7 +79,7 @@ class Samples:
         """Print the string bound to ``name`` followed by a newline (a REPL language)."""
         if self.language == "python":
             return f"print({name})"
-        return f"cat \"$RLM_VARS/{name}\"; echo"
+        return f"cat \"$RLM_VARS/{name}\" && echo"
 
     def alive(self) -> str:
         """A block that prints ``alive`` and a newline."""
