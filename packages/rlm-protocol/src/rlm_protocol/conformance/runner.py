@@ -215,7 +215,7 @@ def run_conformance(
     >>> import sys
     >>> report = run_conformance([sys.executable, "-m", "rlm_guest", "--stdio"], only=["metadata"])
     >>> print(report.results[0].line())
-    PASS  metadata                   Captured.chars counts code points and lines follows rlm_protocol.metadata.count_lines.
+    PASS  metadata                   Captured.chars counts code points; lines is the count of newlines plus one ("a\\n" is 2).
 
     Raises:
         ValueError: ``only`` names a check that does not exist.
