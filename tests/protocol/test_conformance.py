@@ -220,3 +220,8 @@ def test_cli_command_exit_status() -> None:
     failed = runner.invoke(app, ["conformance", "--only", "metadata", "--", *relay("utf8_chars")])
     assert failed.exit_code == 1, failed.output
     assert "FAIL  metadata" in failed.output
+    listed = runner.invoke(app, ["conformance", "--list"])
+    assert listed.exit_code == 0 and listed.output.count("why: ") == len(CHECKS)
+    as_json = runner.invoke(app, ["conformance", "--json", "--only", "metadata", "--", *GUEST])
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.output)["results"][0]["outcome"] == "pass"
