@@ -23,7 +23,6 @@ from ..frames import (
     HostCallError,
     HostCallReply,
     Interrupt,
-    Language,
     OpenSession,
     SessionOpened,
     SetVars,
