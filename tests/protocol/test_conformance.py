@@ -92,9 +92,10 @@ DEFECTS_1_1 = [
 
 @pytest.mark.parametrize(("defect", "check", "words"), DEFECTS_1_1, ids=[d[1] for d in DEFECTS_1_1])
 def test_each_check_of_1_1_fails_its_defective_guest(defect: str, check: str, words: str) -> None:
-    # A check that waits for an answer that never comes fails at a quarter of its deadline.
-    # The reset check waits out the guest's real 2 s grace, so it keeps its full deadline.
-    factor = 1.0 if check == "interrupt_reset" else 0.25
+    # A check that waits for an answer that never comes fails at half its deadline (still
+    # seconds of slack for a loaded machine); the reset check waits out the guest's real 2 s
+    # grace, so it keeps its full deadline.
+    factor = 1.0 if check == "interrupt_reset" else 0.5
     report = run_conformance(relay(defect), only=["handshake", check], timeout_factor=factor)
     assert words in _only_failure(report, check)
 

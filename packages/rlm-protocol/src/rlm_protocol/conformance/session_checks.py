@@ -50,6 +50,9 @@ RESET_MARGIN_SECONDS: Final = 5.0
 #: Lead before acting on a running block (nothing to observe from outside that it started).
 BLOCK_LEAD_SECONDS: Final = 0.3
 
+#: ``Exec.timeout`` of the block that waits on a host call.
+HOST_CALL_TIMEOUT_SECONDS: Final = 2.0
+
 #: A directory that no guest has.
 MISSING_DIRECTORY: Final = "/nonexistent/rlm-conformance-cwd"
 
@@ -195,7 +198,9 @@ def timeout_counts_host_calls(probe: Probe) -> None:
     s = probe.repl_samples
     session = probe.open_session("hostwait")
     call = probe.link.new_call()
-    timeout = 0.5
+    # Long enough that the block is surely waiting on its host call when the timeout ends, so
+    # a guest that stops its clock for host calls is caught even on a loaded machine.
+    timeout = HOST_CALL_TIMEOUT_SECONDS
     started = time.monotonic()
     probe.send(Exec(session=session, call=call, code=s.host_call("never"), language=s.language, timeout=timeout))
     budget = (timeout + RESET_MARGIN_SECONDS) * probe.scale
