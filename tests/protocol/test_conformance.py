@@ -67,6 +67,7 @@ DEFECTS_1_1 = [
     ("exit_1_at_eof", "stdin_end", "exited with status 1, not 0"),
     ("exit_on_wrong_direction", "wrong_direction", "closed its stdout"),
     ("error_for_unknown_interrupt", "interrupt_unknown_session", "got ErrorFrame(code='unknown_session'"),
+    ("error_for_late_reply", "late_host_call_reply", "got ErrorFrame(code='unknown_session'"),
     ("no_session_limit", "max_sessions", "must fail with too_large"),
     ("ignore_missing_cwd", "cwd", "must fail with bad_request"),
     ("drop_replacement", "non_utf8_output", "stdout.text is 'ab\\n'"),
@@ -109,7 +110,7 @@ def test_every_check_has_a_reason_and_the_1_1_checks_a_defective_guest() -> None
     by_node = {"bash_repl_vars", "bash_repl_host_calls"}
     new_in_1_1 = {
         "malformed_frame", "float_call_id", "oversized_length", "stdin_end", "wrong_direction",
-        "interrupt_unknown_session", "max_sessions", "cwd", "non_utf8_output",
+        "interrupt_unknown_session", "late_host_call_reply", "max_sessions", "cwd", "non_utf8_output",
         "output_below_runtime", "no_echo", "show_vars_empty", "vars_state_names",
         "rlm_query_fields", "llm_query_no_fields", "batched_error", "set_vars_while_busy",
         "int_in_float_field", "timeout_counts_host_calls", "interrupt_reset", "session_died",

@@ -328,6 +328,18 @@ class ErrorForUnknownInterrupt(Relay):
         return body
 
 
+class ErrorForLateReply(Relay):
+    """Answers a host-call reply for a closed session with unknown_session."""
+
+    def guest_frame(self, body: Body) -> Body | None:
+        if body["kind"] == "host_call_reply" and body["session"] not in self.sessions:
+            self.send_host(
+                {"kind": "error", "code": "unknown_session", "message": "no such session", "session": body["session"]}
+            )
+            return None
+        return body
+
+
 class NoSessionLimit(Relay):
     """Announces three sessions at most, but opens as many as asked."""
 
@@ -602,6 +614,7 @@ DEFECTS: dict[str, type[Relay]] = {
     "exit_1_at_eof": ExitOneAtEof,
     "exit_on_wrong_direction": ExitOnWrongDirection,
     "error_for_unknown_interrupt": ErrorForUnknownInterrupt,
+    "error_for_late_reply": ErrorForLateReply,
     "no_session_limit": NoSessionLimit,
     "ignore_missing_cwd": IgnoreMissingCwd,
     "drop_replacement": DropReplacement,

@@ -475,6 +475,11 @@ def final_json(probe: Probe) -> None:
         good.final is not None and good.final.ok and good.final.value == {"a": [1, 2], "b": None},
         f"a JSON Final is reported as {good.final}",
     )
+    long = probe.exec_ok(session, "Final = 'x' * 1000")
+    _fail_unless(
+        long.final is not None and long.final.ok and len(long.final.repr) <= 200,
+        f"FinalValue.repr has {len(long.final.repr) if long.final else '?'} characters; at most 200",
+    )
     for code, what in (
         ("Final = object()", "a non-JSON Final"),
         ("Final = 2 ** 70", "a Final holding an integer beyond 64 bits"),
@@ -697,6 +702,8 @@ CHECKS: Final[tuple[Check, ...]] = (
           reason="a wrong-direction frame is one bad request in a stream still in sync (2)"),
     Check("interrupt_unknown_session", session_checks.interrupt_unknown_session,
           reason="an interrupt racing a block's end must not produce an error (3.2)"),
+    Check("late_host_call_reply", session_checks.late_host_call_reply,
+          reason="a reply racing a session's close must not produce an error (2)"),
     Check("max_sessions", session_checks.max_sessions,
           reason="the announced limit is what a host plans with; refusing beyond it is too_large (3.1)"),
     Check("cwd", session_checks.cwd,

@@ -217,6 +217,12 @@ def bash_repl_host_calls(probe: Probe) -> None:
     )
     stdin_prompt = seen[1].payload.get("prompt") if len(seen) > 1 else None
     fail_unless(stdin_prompt == "from-stdin", f"rlm_query - sent the prompt {stdin_prompt!r}, not 'from-stdin'")
+    leaf = probe.exec_ok(session, "llm_query 'a leaf' some-model", language="bash", serve=serve)
+    fail_unless(
+        seen[-1].method == "llm_query" and seen[-1].payload == {"prompt": "a leaf", "model": "some-model"},
+        f"llm_query sent {seen[-1]}",
+    )
+    fail_unless(leaf.stdout.text.replace(" ", "") == '{"echo":{"prompt":"aleaf","model":"some-model"}}', f"llm_query printed {leaf.stdout.text!r}")
     failed = probe.exec(session, "host_call fail", language="bash", serve=serve)
     fail_unless(failed.returncode == 1, f"a failed host call exited with {failed.returncode}, not 1")
     fail_unless(

@@ -16,6 +16,7 @@ from ..frames import (
     ExecResult,
     Frame,
     HostCall,
+    HostCallReply,
     Interrupt,
     OpenSession,
     SessionClosed,
@@ -32,6 +33,7 @@ __all__ = [
     "int_in_float_field",
     "interrupt_reset",
     "interrupt_unknown_session",
+    "late_host_call_reply",
     "max_sessions",
     "non_utf8_output",
     "session_died",
@@ -76,6 +78,15 @@ def interrupt_unknown_session(probe: Probe) -> None:
     probe.send(Interrupt(session="never-opened"))
     session = probe.open_session("after")  # the very next frame must be this reply
     probe.close_session(session)
+
+
+def late_host_call_reply(probe: Probe) -> None:
+    """A HostCallReply for a closed session (a cancelled call) is dropped: no frame comes back."""
+    session = probe.open_session("gone")
+    probe.close_session(session)
+    probe.send(HostCallReply(session=session, call=77, value="too late"))
+    other = probe.open_session("after")  # the very next frame must be this reply
+    probe.close_session(other)
 
 
 def max_sessions(probe: Probe) -> None:
