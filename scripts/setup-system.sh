@@ -9,9 +9,11 @@
 #   busybox-static   (host-side fallback; the image gets its own)
 #   dpkg-dev bits    dpkg-deb unpacks the kernel package (part of dpkg)
 #   xorriso          extracts the Alpine ISO (alpine recipe only)
+#   nodejs           runs the JavaScript guest (guests/node) that CI certifies; only if `node` is missing
 set -eu
 
 PACKAGES="qemu-system-x86 qemu-utils mmdebstrap debian-archive-keyring e2fsprogs busybox-static dpkg xorriso ca-certificates chromium"
+command -v node >/dev/null 2>&1 || PACKAGES="$PACKAGES nodejs"
 
 if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null 2>&1; then

@@ -25,6 +25,7 @@ import rlm_protocol.version
 from rlm_host import GuestConnection, HandshakeError, SessionError, open_local_guest
 from rlm_protocol import (
     PROTOCOL_MAJOR,
+    PROTOCOL_MINOR,
     Bye,
     ErrorFrame,
     ExecResult,
@@ -190,19 +191,19 @@ async def test_host_accepts_a_newer_guests_nested_fields_and_error_codes() -> No
 async def test_real_host_and_real_guest_of_different_majors_both_refuse(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    # The host in this process pretends to be a 2.0; the guest subprocess is a 1.0.
+    # The host in this process pretends to be a 2.0; the guest subprocess is of this major.
     monkeypatch.setattr(rlm_protocol.version, "PROTOCOL_MAJOR", PROTOCOL_MAJOR + 1)
     monkeypatch.setattr(rlm_host.connection, "PROTOCOL_VERSION", (PROTOCOL_MAJOR + 1, 0))
     log = tmp_path / "guest.log"
     with log.open("wb") as stderr:
         async with open_local_guest(GUEST, stderr=stderr) as stream:
-            with pytest.raises(HandshakeError, match=r"protocol 1\.0, this host 2\.0.*majors differ"):
+            with pytest.raises(HandshakeError, match=rf"protocol 1\.{PROTOCOL_MINOR}, this host 2\.0.*majors differ"):
                 async with GuestConnection.open(stream, handshake_timeout=TIMEOUT):
                     pass
             with trio.fail_after(TIMEOUT):
                 status = await stream.process.wait()
     assert status != 0
-    assert "host speaks protocol 2.0, this guest 1.0: majors differ" in log.read_text()
+    assert f"host speaks protocol 2.0, this guest 1.{PROTOCOL_MINOR}: majors differ" in log.read_text()
 
 
 # --- guest side ------------------------------------------------------------------------------
@@ -271,7 +272,7 @@ def test_guest_refuses_another_major_with_a_clear_error(peer: GuestPeer) -> None
     peer.send(Welcome(protocol=(PROTOCOL_MAJOR + 1, 0), host="h", host_version="2"))
     refusal = peer.receive(TIMEOUT)
     assert isinstance(refusal, ErrorFrame) and refusal.call is None
-    assert "host speaks protocol 2.0, this guest 1.0: majors differ" in refusal.message
+    assert f"host speaks protocol 2.0, this guest 1.{PROTOCOL_MINOR}: majors differ" in refusal.message
     # The guest closes the connection and exits with a failure status.
     with pytest.raises(CheckFailed, match="closed its stdout"):
         peer.receive(TIMEOUT)

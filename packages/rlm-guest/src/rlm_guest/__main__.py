@@ -54,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         help="characters kept per stream and block (the true size is still reported)",
     )
     parser.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES)
+    parser.add_argument(
+        "--max-sessions",
+        type=int,
+        default=DEFAULT_LIMITS.max_sessions,
+        help="sessions open at once (more are refused with too_large)",
+    )
     options = parser.parse_args(argv)
     diagnostic = StdioChannel.diagnostic_stream()
     if options.device:
@@ -62,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     limits = Limits(
         max_frame_bytes=options.max_frame_bytes,
         max_output_chars=options.max_output_chars,
-        max_sessions=DEFAULT_LIMITS.max_sessions,
+        max_sessions=options.max_sessions,
     )
     # In a VM the agent is root and alone: a cgroup per session (caps, atomic kill).
     return Agent(

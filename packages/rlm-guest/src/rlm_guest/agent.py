@@ -212,7 +212,8 @@ class Agent:
             protocol=PROTOCOL_VERSION,
             agent="rlm-guest",
             agent_version=__version__,
-            capabilities=CAPABILITIES,
+            # Every capability of the protocol but the bash REPL: this guest's REPL is Python.
+            capabilities=tuple(c for c in CAPABILITIES if c != "repl.bash"),
             limits=self.limits,
             runtime={
                 "python": platform.python_version(),
@@ -421,6 +422,12 @@ class Agent:
                 "session_exists",
                 f"session {frame.session!r} is already open",
                 frame.session, frame.call,
+            )
+            return
+        if frame.cwd is not None and not os.path.isdir(frame.cwd):
+            # PROTOCOL.md 3.2: refused now, not silently replaced by another directory later.
+            self._refuse(
+                "bad_request", f"cwd {frame.cwd!r} is not a directory", frame.session, frame.call
             )
             return
         if len(self._workers) >= self.limits.max_sessions:

@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
+import msgspec
+
 from rlm_protocol import (
     ExecError,
     ExecResult,
@@ -157,6 +159,17 @@ def final_value(value: Any) -> FinalValue:
         return FinalValue(
             ok=False,
             error=f"Final must be JSON-serializable: {type(error).__name__}: {error}",
+            type=type_name,
+            repr=shown,
+        )
+    try:
+        # JSON allows any integer, msgpack only 64 bits (PROTOCOL.md 3.3): a bigger one would
+        # break the result frame and with it the session.
+        msgspec.msgpack.encode(normalised)
+    except OverflowError as error:
+        return FinalValue(
+            ok=False,
+            error=f"Final cannot be sent: an integer beyond 64 bits ({error})",
             type=type_name,
             repr=shown,
         )

@@ -43,8 +43,9 @@ import trio
 from .connection import GuestConnection
 from .engine import DEFAULT_TOOLS, Limits, Price, RlmEngine, RlmOutcome, StopReason, query_task
 from .engine.opening import PendingGuest
+from .engine.repl import Repl, repl_for
 from .errors import single_error
-from .isolation import GuestOptions, Isolation, open_guest
+from .isolation import GuestOptions, Isolation, guest_argv, open_guest
 from .llm import Api, DeltaCallback, LlmConfig, ModelInfo, Usage, open_client
 from .llm.window import choose_window
 from .tools import DEFAULT_TOOL_TIMEOUT, HostTool, as_tools
@@ -104,6 +105,10 @@ class RunOptions:
     concurrency: int = 4
     #: Where model code runs. ``local`` runs it on this machine, unsandboxed: tests only.
     isolation: Literal["vm", "local"] = "vm"
+    #: A guest started by this command instead (a string is split as a shell would): any
+    #: program speaking PROTOCOL.md on stdio. rlm does not isolate it. The model is told what
+    #: that guest's REPL is (Python, or the bash REPL); a guest with neither is refused.
+    guest_command: str | Sequence[str] | None = None
     memory_mb: int = 1536
     network: bool = False
     #: Tools installed in the guest, named in the system prompt; ``None``: for ``vm``, the
@@ -233,6 +238,8 @@ def _guest_tools(options: RunOptions) -> Sequence[str]:
     """The tools to name in the system prompt: explicit, else what the VM image really has."""
     if options.tools is not None:
         return options.tools
+    if options.guest_command is not None:
+        return ()  # unknown: the model is told only the base system's tools are there
     if options.isolation == "vm":
         try:
             return find_image().manifest.tools
@@ -253,6 +260,12 @@ async def _guest(
     guest_options = GuestOptions(
         isolation=Isolation(options.isolation), memory_mb=options.memory_mb, network=options.network
     )
+    if options.guest_command is not None:
+        # Opened before the first model request: what the model is told depends on the
+        # guest's capabilities (engine.repl).
+        async with open_guest(replace(guest_options, command=guest_argv(options.guest_command))) as opened:
+            yield opened
+        return
     pending = PendingGuest()
     release = trio.Event()
     closing_error: list[BaseException] = []
@@ -382,7 +395,7 @@ async def open_engine(
                 url=config.endpoint,
                 options=asdict(replace(limits, prices={}))
                 | {
-                    "isolation": options.isolation,
+                    "isolation": "command" if options.guest_command is not None else options.isolation,
                     "stream": options.stream,
                     "kind": kind,
                     "host_tools": [tool.display for tool in host_tools],
@@ -419,6 +432,9 @@ async def open_engine(
                     )
                 )
             limits = replace(limits, context_tokens=windows.get(config.model))
+            # A guest whose hello is known says which REPL the model gets (PendingGuest: the
+            # reference guest, Python).
+            repl: Repl = repl_for(guest.hello, host_tools=bool(host_tools)) if isinstance(guest, GuestConnection) else "python"
             run._engine = RlmEngine(
                 connection=guest,
                 client=client,
@@ -433,6 +449,7 @@ async def open_engine(
                 sub_model=options.sub_model,
                 clients=clients,
                 models=options.models,
+                repl=repl,
             )
             run._engine.windows.update(windows)
             yield run

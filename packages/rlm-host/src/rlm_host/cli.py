@@ -21,7 +21,7 @@ from .cli_image import doctor, image_app
 from .cli_run import run
 from .cli_view import view
 from .errors import RlmError
-from .isolation import GuestOptions, Isolation, open_guest
+from .isolation import GuestOptions, Isolation, command_warning, guest_argv, open_guest
 
 app = typer.Typer(
     name="rlm",
@@ -53,6 +53,10 @@ def exec_command(
     ] = Isolation.vm,
     memory_mb: Annotated[int, typer.Option(help="VM memory in MiB.")] = 1536,
     network: Annotated[bool, typer.Option(help="Give the VM a user-mode NAT network.")] = False,
+    guest_command: Annotated[
+        Optional[str],
+        typer.Option(help="Run this guest instead (any program speaking PROTOCOL.md on stdio); NOT isolated by rlm."),
+    ] = None,
     timeout: Annotated[
         float,
         typer.Option(
@@ -72,8 +76,14 @@ def exec_command(
     if code is None:
         assert file is not None
         code = sys.stdin.read() if str(file) == "-" else file.read_text()
-    options = GuestOptions(isolation=isolation, memory_mb=memory_mb, network=network)
-    if isolation is Isolation.local:
+    try:
+        command = None if guest_command is None else guest_argv(guest_command)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--guest-command") from error
+    options = GuestOptions(isolation=isolation, memory_mb=memory_mb, network=network, command=command)
+    if command is not None:
+        print(command_warning(command), file=sys.stderr)
+    elif isolation is Isolation.local:
         print("rlm: --isolation local runs the code on this machine, unsandboxed", file=sys.stderr)
     try:
         failed = trio.run(_exec, code, language, options, timeout or None)

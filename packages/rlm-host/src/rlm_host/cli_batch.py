@@ -34,6 +34,7 @@ from .api import RunOptions
 from .batch import BatchOptions, BatchRun, ResultsFile, Summary, Task, TaskError, TaskResult, open_batch, read_tasks
 from .engine import Price, load_prices, parse_price
 from .errors import RlmError
+from .isolation import command_warning, guest_argv
 from .tools import load_tool
 from .vm.errors import VMError
 
@@ -47,7 +48,7 @@ SHARED_RUN_OPTIONS = (
     "model", "llm_url", "api", "stream", "llm_retries",
     "max_steps", "max_depth", "max_model_calls", "max_tokens", "max_seconds", "max_cost",
     "concurrency", "context_tokens", "tool", "tool_timeout", "price", "prices",
-    "isolation", "memory_mb", "network",
+    "isolation", "guest_command", "memory_mb", "network",
     "think", "think_level", "history_reasoning", "keep_alive", "detect_truncation",
     "sub_model", "sub_llm_url", "sub_api", "allow_model",
 )
@@ -139,7 +140,9 @@ def _batch(
     except (TaskError, OSError) as error:
         print(f"rlm: {error}", file=sys.stderr)
         raise typer.Exit(EXIT_ERROR) from error
-    if run_options.isolation == "local":
+    if run_options.guest_command is not None:
+        print(command_warning(guest_argv(run_options.guest_command)), file=sys.stderr)
+    elif run_options.isolation == "local":
         print("rlm: --isolation local runs model code on this machine, unsandboxed", file=sys.stderr)
     try:
         options = BatchOptions(

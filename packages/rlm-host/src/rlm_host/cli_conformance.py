@@ -10,13 +10,14 @@ guest's CI can run them without the host: ``python -m rlm_protocol.conformance -
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Annotated, Optional
 
 import typer
 
 from rlm_protocol import Frame, UnknownFrame
-from rlm_protocol.conformance import CHECKS, CheckResult, Outcome, run_conformance
+from rlm_protocol.conformance import CHECKS, CheckResult, Outcome, list_checks, run_conformance
 
 __all__ = ["conformance"]
 
@@ -32,9 +33,9 @@ def _trace(direction: str, frame: Frame | UnknownFrame) -> None:
 
 def conformance(
     guest_command: Annotated[
-        list[str],
+        Optional[list[str]],
         typer.Argument(help="The guest program and its arguments (after `--`).", show_default=False),
-    ],
+    ] = None,
     only: Annotated[
         Optional[list[str]],
         typer.Option("--only", help="Run only this check (repeatable); an unknown name prints the list."),
@@ -46,11 +47,21 @@ def conformance(
     trace: Annotated[
         bool, typer.Option(help="Print every frame sent and received to stderr.")
     ] = False,
+    list_: Annotated[
+        bool, typer.Option("--list", help="Print every check, what it tests and why, and exit.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the report as one JSON object on stdout.")
+    ] = False,
 ) -> None:
     """Run the protocol's conformance checks against a guest speaking it over stdio.
 
     Example: rlm conformance -- uv run python -m rlm_guest --stdio
     """
+    if list_:
+        print(list_checks())
+        raise typer.Exit(0)
+    guest_command = list(guest_command or [])
     if guest_command[:1] == ["--"]:
         guest_command = guest_command[1:]
     if not guest_command:
@@ -59,7 +70,8 @@ def conformance(
         raise typer.BadParameter("must be positive", param_hint="--timeout-factor")
 
     def progress(result: CheckResult) -> None:
-        print(result.line(), flush=True)
+        if not as_json:
+            print(result.line(), flush=True)
 
     try:
         report = run_conformance(
@@ -72,6 +84,9 @@ def conformance(
     except ValueError as error:  # an unknown --only name
         print(f"rlm: {error}", file=sys.stderr)
         raise typer.Exit(EXIT_USAGE) from error
+    if as_json:
+        print(json.dumps(report.as_json(), indent=2))
+        raise typer.Exit(0 if report.ok else EXIT_FAILED)
     counts = report.counts()
     print(
         f"{counts[Outcome.PASS]} passed, {counts[Outcome.FAIL]} failed, "

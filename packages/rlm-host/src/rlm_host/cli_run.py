@@ -30,6 +30,7 @@ from rich.console import Console
 from .api import DEFAULT_BLOCK_TIMEOUT, RunOptions, RunResult, run_rlm
 from .engine import Price, load_prices, paper_brief_task, parse_price, query_task, smoke_task
 from .errors import RlmError
+from .isolation import command_warning, guest_argv
 from .pdf import is_pdf, pdf_text
 from .progress import Progress
 from .resume import ResumeError, resume_rlm
@@ -115,6 +116,13 @@ def think_value(think: bool | None, level: str | None) -> bool | str | None:
     return think
 
 
+def _guest_argv(command: str) -> tuple[str, ...]:
+    try:
+        return guest_argv(command)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--guest-command") from error
+
+
 def _with_resume_report(progress: Progress | None) -> EventSink:
     """Say on stderr what a resume restored and what it could not, then pass events on."""
 
@@ -185,6 +193,10 @@ def run(
         typer.Option(help="vm: in the QEMU VM. local: a subprocess ON THIS MACHINE (unsafe)."),
     ] = IsolationChoice.vm,
     network: Annotated[bool, typer.Option(help="Give the VM a user-mode NAT network.")] = False,
+    guest_command: Annotated[
+        Optional[str],
+        typer.Option(help="Run this guest instead (any program speaking PROTOCOL.md on stdio); NOT isolated by rlm."),
+    ] = None,
     trajectory: Annotated[
         Optional[Path],
         typer.Option(help="Trajectory file [default: $XDG_STATE_HOME/rlm/trajectories/...]."),
@@ -274,7 +286,9 @@ def run(
 
     console = Console(stderr=True)
     tty = console.is_terminal
-    if isolation is IsolationChoice.local:
+    if guest_command is not None:
+        print(command_warning(_guest_argv(guest_command)), file=sys.stderr)
+    elif isolation is IsolationChoice.local:
         print("rlm: --isolation local runs model code on this machine, unsandboxed", file=sys.stderr)
     progress = Progress(console, verbose=verbose) if tty else None
     options = RunOptions(
@@ -290,6 +304,7 @@ def run(
         max_seconds=max_seconds,
         concurrency=concurrency,
         isolation=isolation.value,
+        guest_command=guest_command,
         memory_mb=memory_mb,
         network=network,
         exec_timeout=block_timeout or None,

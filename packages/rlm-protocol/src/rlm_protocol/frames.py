@@ -63,13 +63,15 @@ __all__ = [
 
 Language = Literal["python", "bash"]
 
-#: Capabilities a 1.0 guest may advertise in ``Hello``. Unknown ones must be ignored by a host.
+#: Capabilities a guest may advertise in ``Hello``. Unknown ones must be ignored by a host.
 CAPABILITIES: tuple[str, ...] = (
     "exec.python",
     "exec.bash",
     "interrupt",
     "host_call",
     "host_call.batched",
+    # 1.1: bash blocks get variables as files and host calls as commands (PROTOCOL.md 4.1).
+    "repl.bash",
 )
 
 #: Codes of ``ErrorFrame``. A peer must accept codes it does not know (treat as ``internal``).

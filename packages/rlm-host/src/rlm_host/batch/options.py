@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..api import RunOptions
-from ..isolation import GuestOptions, Isolation
+from ..isolation import GuestOptions, Isolation, guest_argv
 
 __all__ = ["BatchOptions"]
 
@@ -60,6 +60,8 @@ class BatchOptions:
 
     def guest_options(self) -> GuestOptions:
         """How each worker starts its guest."""
+        command = self.run.guest_command
         return GuestOptions(
-            isolation=Isolation(self.run.isolation), memory_mb=self.run.memory_mb, network=self.run.network
+            isolation=Isolation(self.run.isolation), memory_mb=self.run.memory_mb, network=self.run.network,
+            command=None if command is None else guest_argv(command),
         )

@@ -57,6 +57,7 @@ from ..trajectory import (
 from .blocks import first_block
 from .budget import BudgetExhausted, Limits, RunMeter, StopReason, child_steps
 from .opening import PendingGuest, SessionOpening
+from .repl import PYTHON_BLOCK_IN_BASH_REPL, Repl, bash_metadata_message, bash_system_prompt
 from .prompts import (
     DEFAULT_TOOLS,
     NO_BLOCK_REPROMPT,
@@ -235,8 +236,11 @@ class RlmEngine:
         sub_model: str | None = None,
         clients: Mapping[str, ChatModel] | None = None,
         models: Sequence[str] = (),
+        repl: Repl = "python",
     ) -> None:
         self.connection = connection
+        #: The guest's REPL (``engine.repl``): bash only for a guest without Python.
+        self.repl: Repl = repl
         self.client = client
         #: Send a reply's reasoning back in the history (``<think>…</think>`` before the
         #: answer); off by default: it would fill the window and models are trained without it.
@@ -274,15 +278,18 @@ class RlmEngine:
     def _system_prompt(self, tools: Sequence[HostTool]) -> str:
         key = tuple(tool.name for tool in tools)
         if key not in self._system_prompts:
-            extra = "\n".join(
-                part
-                for part in (
-                    tools_prompt(tools),
-                    models_prompt(sorted(self.allowed_models), self.sub_model or self.client.config.model),
+            if self.repl == "bash":
+                self._system_prompts[key] = bash_system_prompt(self._guest_tools)
+            else:
+                extra = "\n".join(
+                    part
+                    for part in (
+                        tools_prompt(tools),
+                        models_prompt(sorted(self.allowed_models), self.sub_model or self.client.config.model),
+                    )
+                    if part
                 )
-                if part
-            )
-            self._system_prompts[key] = system_prompt(self._guest_tools, extra)
+                self._system_prompts[key] = system_prompt(self._guest_tools, extra)
         return self._system_prompts[key]
 
     # --- the root ---------------------------------------------------------------------------
@@ -371,7 +378,9 @@ class RlmEngine:
         answer_type: Any = None,
     ) -> RootRlm:
         """An RLM whose history is ready for its first model request; its session is not open."""
-        first = metadata_message(prompt, None if answer_type is None else msgspec.json.schema(answer_type))
+        first = (bash_metadata_message if self.repl == "bash" else metadata_message)(
+            prompt, None if answer_type is None else msgspec.json.schema(answer_type)
+        )
         state = RootRlm(
             id=rlm,
             depth=depth,
@@ -506,6 +515,10 @@ class RlmEngine:
                 state.append({"role": "user", "content": NO_BLOCK_REPROMPT})
                 continue
             state.append({"role": "assistant", "content": self._assistant_text(reply, block.fenced)})
+            if self.repl == "bash" and block.language == "python":
+                # The guest would refuse it (unsupported): the model hears why instead.
+                state.append({"role": "user", "content": PYTHON_BLOCK_IN_BASH_REPL})
+                continue
             self.recorder.emit(
                 BlockRun(ts=time.time(), rlm=rlm, depth=depth, step=step, language=block.language, code=block.code)
             )

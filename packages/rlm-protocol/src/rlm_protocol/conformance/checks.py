@@ -2,7 +2,8 @@
 
 Each check drives a guest through a :class:`~.probe.Probe` and raises ``CheckFailed`` with a
 message saying what the guest did wrong, or ``Skip`` when the guest did not advertise the
-capability the check needs. Sample code is Python and POSIX shell, the two languages of 1.0.
+capability the check needs. Sample code is Python or POSIX shell: a check that is not about one language uses whichever the
+guest runs (``samples.py``), so a bash-only guest is certified for what it advertises.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from ..frames import (
     HostCallError,
     HostCallReply,
     Interrupt,
-    Language,
     OpenSession,
     SessionOpened,
     SetVars,
@@ -33,7 +33,9 @@ from ..frames import (
 from ..metadata import count_lines
 from ..version import PROTOCOL_MAJOR, PROTOCOL_MINOR
 from .peer import CheckFailed, GuestPeer, describe
-from .probe import Link, Probe, Skip, receive_hello, welcome_for
+from . import repl_checks, session_checks, wire_checks
+from .probe import Link, Probe, Skip, expect_exit, fail_unless, receive_hello, welcome_for
+from .samples import BASH, PYTHON, Samples
 
 __all__ = ["CHECKS", "Check"]
 
@@ -72,6 +74,8 @@ class Check:
     requires: tuple[str, ...] = ()
     own_guest: bool = False
     timeout: float = DEFAULT_CHECK_SECONDS
+    #: Why the protocol asks for this, in one line (``rlm conformance --list``).
+    reason: str = ""
 
     @property
     def summary(self) -> str:
@@ -81,9 +85,7 @@ class Check:
         return doc.splitlines()[0] if doc else ""
 
 
-def _fail_unless(condition: bool, message: str) -> None:
-    if not condition:
-        raise CheckFailed(message)
+_fail_unless = fail_unless
 
 
 # --- handshake ---------------------------------------------------------------------------------
@@ -141,14 +143,15 @@ def welcome_from_newer_minor(peer: GuestPeer, timeout: float) -> None:
 
 
 def welcome_other_major(peer: GuestPeer, timeout: float) -> None:
-    """A Welcome with another major is refused: an ErrorFrame or the connection closes."""
+    """A Welcome with another major is refused: an ErrorFrame naming both versions, then exit."""
     deadline = time.monotonic() + timeout
     hello = receive_hello(peer, timeout)
     other = (PROTOCOL_MAJOR + 1, 0)
     peer.send(welcome_for(hello, other))
     # Then a request: a guest that silently carried on would answer it.
     peer.send(OpenSession(session="after-refusal", call=1))
-    while True:
+    refusal: ErrorFrame | None = None
+    while refusal is None:
         try:
             frame = peer.receive(max(deadline - time.monotonic(), 0.0))
         except CheckFailed as error:
@@ -157,16 +160,27 @@ def welcome_other_major(peer: GuestPeer, timeout: float) -> None:
                     f"after a Welcome of protocol {other[0]}.{other[1]} the guest neither "
                     f"refused nor closed: {error}"
                 ) from None
-            return  # it closed the connection: refused
+            raise CheckFailed(
+                f"the guest closed the connection on a Welcome of protocol {other[0]}.{other[1]} "
+                "without an ErrorFrame; PROTOCOL.md 5 asks for one naming both versions"
+            ) from None
         if isinstance(frame, ErrorFrame) and frame.call is None:
-            return  # a connection-level refusal
-        if isinstance(frame, SessionOpened):
+            refusal = frame
+        elif isinstance(frame, SessionOpened):
             raise CheckFailed(
                 f"the guest accepted a Welcome of protocol {other[0]}.{other[1]} and opened a "
                 "session; a different major must be refused"
             )
-        if isinstance(frame, ErrorFrame):
-            continue  # an error for the OpenSession is fine; the refusal may follow
+        elif not isinstance(frame, ErrorFrame):
+            raise CheckFailed(f"expected the refusal, got {describe(frame)}")
+    _fail_unless(refusal.code == "bad_request", f"the refusal has code {refusal.code!r}, not bad_request")
+    theirs = f"{other[0]}.{other[1]}"
+    ours = f"{hello.protocol[0]}.{hello.protocol[1]}"
+    _fail_unless(
+        theirs in refusal.message and ours in refusal.message,
+        f"the refusal must name both versions ({theirs} and {ours}): {refusal.message!r}",
+    )
+    expect_exit(peer, deadline, "after refusing a Welcome", zero=False)
 
 
 # --- sessions ----------------------------------------------------------------------------------
@@ -202,16 +216,18 @@ def unknown_session(probe: Probe) -> None:
 
 
 def session_isolation(probe: Probe) -> None:
-    """Two sessions have separate namespaces."""
+    """Two sessions have separate state."""
+    s = probe.repl_samples
     first, second = probe.open_session("iso"), probe.open_session("iso")
-    probe.exec_ok(first, "x = 'first'")
-    result = probe.exec(second, "print(x)")
+    probe.exec_ok(first, s.assign("x", "first"), language=s.language)
+    result = probe.exec(second, s.show("x"), language=s.language)
     _fail_unless(
-        result.error is not None and result.error.name == "NameError",
+        "first" not in result.stdout.text
+        and (result.error is not None or bool(result.returncode)),
         f"a variable of session {first!r} is visible in {second!r}: {describe(result)}",
     )
-    probe.exec_ok(second, "x = 'second'")
-    shown = probe.exec_ok(first, "print(x)").stdout.text
+    probe.exec_ok(second, s.assign("x", "second"), language=s.language)
+    shown = probe.exec_ok(first, s.show("x"), language=s.language).stdout.text
     _fail_unless(shown == "first\n", f"session {second!r} overwrote {first!r}'s x: {shown!r}")
     probe.close_session(first)
     probe.close_session(second)
@@ -219,28 +235,31 @@ def session_isolation(probe: Probe) -> None:
 
 def sessions_run_concurrently(probe: Probe) -> None:
     """A block waiting on a host call in one session does not hold up another session."""
+    s = probe.repl_samples
     held, other = probe.open_session("hold"), probe.open_session("free")
     held_call = probe.link.new_call()
-    probe.send(Exec(session=held, call=held_call, code="r = host_call('hold', {})\nprint(r)"))
+    probe.send(Exec(session=held, call=held_call, code=s.host_call("hold"), language=s.language))
     host_call = probe.receive("the HostCall of the held block")
     _fail_unless(isinstance(host_call, HostCall), f"expected a HostCall, got {describe(host_call)}")
     assert isinstance(host_call, HostCall)
-    shown = probe.exec_ok(other, "print('free')").stdout.text
-    _fail_unless(shown == "free\n", f"the other session printed {shown!r}")
+    shown = probe.exec_ok(other, s.alive(), language=s.language).stdout.text
+    _fail_unless(shown == "alive\n", f"the other session printed {shown!r}")
     probe.send(HostCallReply(session=held, call=host_call.call, value="released"))
     result = probe.expect(ExecResult, held_call, "the held Exec")
-    _fail_unless(result.stdout.text == "released\n", f"the held block printed {result.stdout.text!r}")
+    expected = "released\n" if s.language == "python" else '"released"\n'
+    _fail_unless(result.stdout.text == expected, f"the held block printed {result.stdout.text!r}")
     probe.close_session(held)
     probe.close_session(other)
 
 
 def state_persists(probe: Probe) -> None:
     """Variables persist across blocks and show in the VarsState summary."""
+    s = probe.repl_samples
     session = probe.open_session("state")
-    first = probe.exec_ok(session, "counter = 41")
+    first = probe.exec_ok(session, s.assign("counter", "41"), language=s.language)
     _fail_unless("counter" in first.state.names, f"state after a binding: {first.state}")
-    shown = probe.exec_ok(session, "counter += 1\nprint(counter)").stdout.text
-    _fail_unless(shown == "42\n", f"the second block printed {shown!r}, not '42\\n'")
+    shown = probe.exec_ok(session, s.show("counter"), language=s.language).stdout.text
+    _fail_unless(shown == "41\n", f"the second block printed {shown!r}, not '41\\n'")
     probe.close_session(session)
 
 
@@ -270,7 +289,15 @@ def exec_python_error(probe: Probe) -> None:
     assert error is not None
     _fail_unless(error.name == "ValueError", f"error.name is {error.name!r}, not 'ValueError'")
     _fail_unless(error.value == "boom", f"error.value is {error.value!r}, not 'boom'")
-    _fail_unless("ValueError" in error.traceback, f"traceback lacks the error: {error.traceback!r}")
+    last = error.traceback.rstrip("\n").rsplit("\n", 1)[-1]
+    _fail_unless(
+        last == "ValueError: boom",
+        f"the traceback's last line is {last!r}, not 'ValueError: boom' (PROTOCOL.md 3.3)",
+    )
+    _fail_unless(
+        error.traceback in result.stderr.text,
+        f"the traceback is not written to stderr: {result.stderr.text!r}",
+    )
     _fail_unless(result.stdout.text == "before\n", f"stdout is {result.stdout.text!r}")
     # The session survives an exception.
     probe.exec_ok(session, "print('after')")
@@ -291,21 +318,23 @@ def exec_bash(probe: Probe) -> None:
 
 
 def metadata(probe: Probe) -> None:
-    """Captured.chars counts code points and lines follows rlm_protocol.metadata.count_lines."""
+    """Captured.chars counts code points; lines is the count of newlines plus one ("a\\n" is 2)."""
+    s = probe.samples
     session = probe.open_session("meta")
     # Non-ASCII on purpose: chars are Unicode code points, not UTF-8 bytes or UTF-16 units.
-    text = "a\nbb\n\u00e9\u20ac\U0001f600"
-    result = probe.exec_ok(session, f"import sys\nsys.stdout.write({text!r})")
-    out = result.stdout
-    _fail_unless(out.text == text, f"stdout.text is {out.text!r}, not {text!r}")
-    _fail_unless(
-        out.chars == len(text), f"stdout.chars is {out.chars} for {text!r}; it must be {len(text)}"
-    )
-    _fail_unless(
-        out.lines == count_lines(text),
-        f"stdout.lines is {out.lines} for {text!r}; it must be {count_lines(text)}",
-    )
-    empty = probe.exec_ok(session, "pass")
+    for text in ("a\nbb\n\u00e9\u20ac\U0001f600", "a\n", "a"):
+        result = probe.exec_ok(session, s.write(text), language=s.language)
+        out = result.stdout
+        _fail_unless(out.text == text, f"stdout.text is {out.text!r}, not {text!r}")
+        _fail_unless(
+            out.chars == len(text),
+            f"stdout.chars is {out.chars} for {text!r}; it must be {len(text)}",
+        )
+        _fail_unless(
+            out.lines == count_lines(text),
+            f"stdout.lines is {out.lines} for {text!r}; it must be {count_lines(text)}",
+        )
+    empty = probe.exec_ok(session, "pass" if s.language == "python" else "true", language=s.language)
     for name, captured in (("stdout", empty.stdout), ("stderr", empty.stderr)):
         _fail_unless(
             (captured.text, captured.chars, captured.lines) == ("", 0, 0),
@@ -320,8 +349,9 @@ def output_cap(probe: Probe) -> None:
     if limit > CAP_CHECK_MAX_CHARS:
         raise Skip(f"max_output_chars is {limit}; the kit checks caps up to {CAP_CHECK_MAX_CHARS}")
     size = limit + CAP_OVERSHOOT
+    s = probe.samples
     session = probe.open_session("cap")
-    result = probe.exec_ok(session, f"import sys\nsys.stdout.write('x' * {size})")
+    result = probe.exec_ok(session, s.write_many(size), language=s.language)
     out = result.stdout
     _fail_unless(
         len(out.text) <= limit,
@@ -438,18 +468,36 @@ def set_vars_unsets_final(probe: Probe) -> None:
 
 
 def final_json(probe: Probe) -> None:
-    """A JSON Final is returned as a value; a non-JSON Final is reported, not fatal."""
+    """A JSON Final is returned as a value; a non-JSON or too-big Final is reported, not fatal."""
     session = probe.open_session("final")
     good = probe.exec_ok(session, "Final = {'a': [1, 2], 'b': None}")
     _fail_unless(
         good.final is not None and good.final.ok and good.final.value == {"a": [1, 2], "b": None},
         f"a JSON Final is reported as {good.final}",
     )
-    bad = probe.exec_ok(session, "Final = object()")
+    long = probe.exec_ok(session, "Final = 'x' * 1000")
     _fail_unless(
-        bad.final is not None and not bad.final.ok and bool(bad.final.error),
-        f"a non-JSON Final must be ok=false with an error, got {bad.final}",
+        long.final is not None and long.final.ok and len(long.final.repr) <= 200,
+        f"FinalValue.repr has {len(long.final.repr) if long.final else '?'} characters; at most 200",
     )
+    for code, what in (
+        ("Final = object()", "a non-JSON Final"),
+        ("Final = 2 ** 70", "a Final holding an integer beyond 64 bits"),
+    ):
+        bad = probe.exec(session, code)
+        _fail_unless(
+            not bad.session_reset and bad.error is None,
+            f"{what} broke the session: {describe(bad)}",
+        )
+        _fail_unless(
+            bad.final is not None and not bad.final.ok and bool(bad.final.error),
+            f"{what} must be ok=false with an error, got {bad.final}",
+        )
+        assert bad.final is not None
+        _fail_unless(
+            bad.final.value is None,
+            f"{what}: a FinalValue with ok=false carries value {bad.final.value!r}; it must be absent",
+        )
     probe.close_session(session)
 
 
@@ -468,52 +516,65 @@ def _expect_stopped(probe: Probe, call: int, what: str, started: float, budget: 
     return result
 
 
-def _interrupt(probe: Probe, code: str, language: Language) -> None:
+def _interrupt(probe: Probe, s: Samples) -> ExecResult:
     session = probe.open_session("intr")
     call = probe.link.new_call()
-    probe.send(Exec(session=session, call=call, code=code, language=language))
+    if s.language == "python" or probe.has("repl.bash"):
+        probe.exec_ok(session, s.assign("kept", "yes"), language=s.language)
+    probe.send(Exec(session=session, call=call, code=s.write_then_sleep("before"), language=s.language))
     time.sleep(BUSY_LEAD_SECONDS)  # let the block get going; nothing to observe from outside
     started = time.monotonic()
     probe.send(Interrupt(session=session))
-    _expect_stopped(probe, call, f"the interrupted {language} block", started, STOP_SECONDS)
-    # The session stays usable (reset or not).
-    alive = "print('alive')" if language == "python" else "echo alive"
-    probe.exec_ok(session, alive, language=language)
+    what = f"the interrupted {s.language} block"
+    result = _expect_stopped(probe, call, what, started, STOP_SECONDS)
+    _fail_unless(not result.session_reset, f"{what} that stopped at once reset the session")
+    _fail_unless(
+        result.stdout.text == "before",
+        f"{what} lost the output written before the interrupt: stdout is {result.stdout.text!r}",
+    )
+    if s.language == "python":
+        _fail_unless(
+            result.error is not None and result.error.name == "KeyboardInterrupt",
+            f"{what} must report an error named KeyboardInterrupt, got {result.error}",
+        )
+    else:
+        _fail_unless(result.error is None, f"{what} has an error: {result.error}")
+        _fail_unless(
+            result.returncode is not None and result.returncode != 0,
+            f"{what} has returncode {result.returncode}: the killed shell's status is non-zero",
+        )
+    # The session stays usable, its state kept.
+    probe.exec_ok(session, s.alive(), language=s.language)
+    if s.language == "python" or probe.has("repl.bash"):
+        shown = probe.exec_ok(session, s.show("kept"), language=s.language).stdout.text
+        _fail_unless(shown == "yes\n", f"an interrupt without a reset lost the session's state: {shown!r}")
     probe.close_session(session)
+    return result
 
 
 def interrupt_python(probe: Probe) -> None:
-    """Interrupt stops a busy Python loop, and the session runs the next block."""
-    _interrupt(probe, "while True:\n    pass", "python")
+    """Interrupt stops a sleeping Python block with KeyboardInterrupt; output and namespace stay."""
+    _interrupt(probe, PYTHON)
 
 
 def interrupt_bash(probe: Probe) -> None:
-    """Interrupt stops `sleep 30` in a bash block."""
-    _interrupt(probe, "sleep 30", "bash")
+    """Interrupt stops `sleep 30` in a bash block: non-zero status, output and session kept."""
+    _interrupt(probe, BASH)
 
 
 def exec_timeout(probe: Probe) -> None:
-    """Exec.timeout stops a busy Python loop and a bash sleep by itself."""
+    """Exec.timeout stops a busy loop by itself, in every language the guest runs."""
     session = probe.open_session("timeout")
-    blocks: tuple[tuple[str, Language], ...] = (("while True:\n    pass", "python"), ("sleep 30", "bash"))
-    for code, language in blocks:
-        if f"exec.{language}" not in probe.hello.capabilities:
-            continue
+    for s in probe.all_samples():
         call = probe.link.new_call()
         started = time.monotonic()
         probe.send(
-            Exec(
-                session=session,
-                call=call,
-                code=code,
-                language=language,
-                timeout=EXEC_TIMEOUT_SECONDS,
-            )
+            Exec(session=session, call=call, code=s.busy(), language=s.language, timeout=EXEC_TIMEOUT_SECONDS)
         )
         _expect_stopped(
             probe,
             call,
-            f"the {language} block with timeout={EXEC_TIMEOUT_SECONDS}",
+            f"the {s.language} block with timeout={EXEC_TIMEOUT_SECONDS}",
             started,
             EXEC_TIMEOUT_SECONDS + STOP_SECONDS,
         )
@@ -522,10 +583,11 @@ def exec_timeout(probe: Probe) -> None:
 
 def session_busy(probe: Probe) -> None:
     """A second Exec while one runs fails with session_busy; the first one still finishes."""
+    s = probe.samples
     session = probe.open_session("busy")
     first, second = probe.link.new_call(), probe.link.new_call()
-    probe.send(Exec(session=session, call=first, code="import time\ntime.sleep(1)\nprint('one')"))
-    probe.send(Exec(session=session, call=second, code="print('two')"))
+    probe.send(Exec(session=session, call=first, code=s.sleep_then_write(1, "one"), language=s.language))
+    probe.send(Exec(session=session, call=second, code=s.alive(), language=s.language))
     replies: dict[int, Frame] = {}
     while len(replies) < 2:
         frame = probe.receive("the replies to two Execs in one session")
@@ -550,44 +612,59 @@ def session_busy(probe: Probe) -> None:
 
 
 def unsupported_language(probe: Probe) -> None:
-    """An Exec in a language the guest lacks fails with an ErrorFrame, not silence."""
+    """An Exec in a language the guest lacks (cobol, or an unadvertised one) fails with unsupported."""
+    s = probe.samples
     session = probe.open_session("lang")
-    call = probe.link.new_call()
-    probe.send_map({"kind": "exec", "session": session, "call": call, "code": "x", "language": "cobol"})
-    frame = probe.receive("the ErrorFrame for language 'cobol'")
-    _fail_unless(
-        isinstance(frame, ErrorFrame) and frame.code == "unsupported",
-        f"Exec in 'cobol' must fail with unsupported, got {describe(frame)}",
-    )
-    assert isinstance(frame, ErrorFrame)
-    _fail_unless(frame.call == call, f"the ErrorFrame names call {frame.call}, not {call}")
+    missing = ["cobol", *(lang for lang in ("python", "bash") if not probe.has(f"exec.{lang}"))]
+    for language in missing:
+        call = probe.link.new_call()
+        probe.send_map(
+            {"kind": "exec", "session": session, "call": call, "code": "x", "language": language}
+        )
+        frame = probe.receive(f"the ErrorFrame for language {language!r}")
+        _fail_unless(
+            isinstance(frame, ErrorFrame) and frame.code == "unsupported",
+            f"Exec in {language!r}, which the guest does not advertise, must fail with "
+            f"unsupported, got {describe(frame)}",
+        )
+        assert isinstance(frame, ErrorFrame)
+        _fail_unless(frame.call == call, f"the ErrorFrame names call {frame.call}, not {call}")
     # The session survives: an unknown language is one failed request, not a broken stream.
-    result = probe.exec_ok(session, "print('still here')")
-    _fail_unless(result.stdout.text == "still here\n", f"the block printed {result.stdout.text!r}")
+    result = probe.exec_ok(session, s.alive(), language=s.language)
+    _fail_unless(result.stdout.text == "alive\n", f"the block printed {result.stdout.text!r}")
     probe.close_session(session)
 
 
 def unknown_frame_ignored(probe: Probe) -> None:
     """A frame of unknown kind (a newer minor's) is ignored, and the guest carries on."""
+    s = probe.samples
     session = probe.open_session("future")
     probe.send_map({"kind": "teleport", "session": session, "call": 9_999_999, "to": [1, 2]})
-    result = probe.exec_ok(session, "print('still here')")
-    _fail_unless(result.stdout.text == "still here\n", f"the block printed {result.stdout.text!r}")
+    result = probe.exec_ok(session, s.alive(), language=s.language)
+    _fail_unless(result.stdout.text == "alive\n", f"the block printed {result.stdout.text!r}")
     probe.close_session(session)
 
 
 def unknown_fields_ignored(probe: Probe) -> None:
     """Known frames with extra fields (a newer minor's) are accepted."""
+    s = probe.samples
     session = probe.link.new_session_id("fields")
     call = probe.link.new_call()
     probe.send_map({"kind": "open_session", "session": session, "call": call, "sandbox": "strict"})
     probe.expect(SessionOpened, call, "OpenSession with an extra field")
     call = probe.link.new_call()
     probe.send_map(
-        {"kind": "exec", "session": session, "call": call, "code": "print(1)", "priority": 5}
+        {
+            "kind": "exec",
+            "session": session,
+            "call": call,
+            "code": s.alive(),
+            "language": s.language,
+            "priority": 5,
+        }
     )
     result = probe.expect(ExecResult, call, "Exec with an extra field")
-    _fail_unless(result.stdout.text == "1\n", f"the block printed {result.stdout.text!r}")
+    _fail_unless(result.stdout.text == "alive\n", f"the block printed {result.stdout.text!r}")
     probe.close_session(session)
 
 
@@ -596,47 +673,116 @@ def shutdown(probe: Probe) -> None:
     probe.send(Shutdown())
     frame = probe.receive("Bye")
     _fail_unless(isinstance(frame, Bye), f"Shutdown must be answered with Bye, got {describe(frame)}")
-    reason = probe.peer.ended(probe.remaining())
-    _fail_unless(reason is not None, "the guest sent Bye but kept its output open")
-    _fail_unless(
-        reason == "the guest closed its stdout", f"after Bye: {reason}"
-    )
-    status = probe.peer.wait_exit(probe.remaining())
-    _fail_unless(status is not None, "the guest sent Bye but did not exit")
-    _fail_unless(status == 0, f"the guest exited with status {status} after Shutdown")
+    expect_exit(probe.peer, probe.deadline, "after Bye", zero=True)
 
+
+PY = ("exec.python",)
 
 #: Every check, in the order the kit runs them. ``shutdown`` comes last: it ends the guest.
 CHECKS: Final[tuple[Check, ...]] = (
-    Check("handshake", run_raw=handshake, own_guest=True),
-    Check("welcome_newer_minor", run_raw=welcome_from_newer_minor, own_guest=True),
-    Check("welcome_other_major", run_raw=welcome_other_major, own_guest=True),
-    Check("session_lifecycle", session_lifecycle),
-    Check("unknown_session", unknown_session),
-    Check("session_isolation", session_isolation, requires=("exec.python",)),
-    Check(
-        "sessions_concurrent", sessions_run_concurrently, requires=("exec.python", "host_call")
-    ),
-    Check("state_persists", state_persists, requires=("exec.python",)),
-    Check("exec_python_streams", exec_python_streams, requires=("exec.python",)),
-    Check("exec_python_error", exec_python_error, requires=("exec.python",)),
-    Check("exec_bash", exec_bash, requires=("exec.bash",)),
-    Check("metadata", metadata, requires=("exec.python",)),
-    Check("output_cap", output_cap, requires=("exec.python",)),
-    Check("host_call", host_call_roundtrip, requires=("exec.python", "host_call")),
-    Check(
-        "host_calls_out_of_order",
-        host_calls_out_of_order,
-        requires=("exec.python", "host_call", "host_call.batched"),
-    ),
-    Check("set_vars_unsets_final", set_vars_unsets_final, requires=("exec.python",)),
-    Check("final_json", final_json, requires=("exec.python",)),
-    Check("session_busy", session_busy, requires=("exec.python",)),
-    Check("interrupt_python", interrupt_python, requires=("exec.python", "interrupt")),
-    Check("interrupt_bash", interrupt_bash, requires=("exec.bash", "interrupt")),
-    Check("exec_timeout", exec_timeout, requires=("exec.python", "interrupt")),
-    Check("unknown_frame_ignored", unknown_frame_ignored, requires=("exec.python",)),
-    Check("unknown_fields_ignored", unknown_fields_ignored, requires=("exec.python",)),
-    Check("unsupported_language", unsupported_language),
-    Check("shutdown", shutdown),
+    Check("handshake", run_raw=handshake, own_guest=True,
+          reason="a host cannot talk to a guest before Hello, or to one that cannot take a prompt"),
+    Check("welcome_newer_minor", run_raw=welcome_from_newer_minor, own_guest=True,
+          reason="a newer host of the same major must be accepted (PROTOCOL.md 5)"),
+    Check("welcome_other_major", run_raw=welcome_other_major, own_guest=True,
+          reason="a refusal must be told apart from a crash, with both versions named (5)"),
+    Check("malformed_frame", run_raw=wire_checks.malformed_frame, own_guest=True,
+          reason="a stream that lost sync cannot be trusted again (1)"),
+    Check("float_call_id", run_raw=wire_checks.float_call_id, own_guest=True,
+          reason="ids are integers; a float read as an int by one side loses replies (1)"),
+    Check("oversized_length", run_raw=wire_checks.oversized_length, own_guest=True,
+          reason="one hostile length must not make a peer wait for or allocate gigabytes (1)"),
+    Check("stdin_end", run_raw=wire_checks.stdin_end, own_guest=True,
+          reason="a host that goes away must not leave a guest running (2)"),
+    Check("session_lifecycle", session_lifecycle,
+          reason="session ids are the host's; a duplicate or a stale id is an error, not a crash (2)"),
+    Check("unknown_session", unknown_session,
+          reason="a request for a session that is gone must be answered, not dropped (3.4)"),
+    Check("wrong_direction", session_checks.wrong_direction,
+          reason="a wrong-direction frame is one bad request in a stream still in sync (2)"),
+    Check("interrupt_unknown_session", session_checks.interrupt_unknown_session,
+          reason="an interrupt racing a block's end must not produce an error (3.2)"),
+    Check("late_host_call_reply", session_checks.late_host_call_reply,
+          reason="a reply racing a session's close must not produce an error (2)"),
+    Check("max_sessions", session_checks.max_sessions,
+          reason="the announced limit is what a host plans with; refusing beyond it is too_large (3.1)"),
+    Check("cwd", session_checks.cwd,
+          reason="a missing directory is refused when named, not hidden in later blocks (3.2)"),
+    Check("session_isolation", session_isolation,
+          reason="a child RLM must not see or overwrite its parent's variables (2)"),
+    Check("sessions_concurrent", sessions_run_concurrently, requires=("host_call",),
+          reason="a parent waits on its children's host calls while they run (2)"),
+    Check("state_persists", state_persists,
+          reason="the REPL's value is state kept between the model's blocks (4)"),
+    Check("exec_python_streams", exec_python_streams, requires=PY,
+          reason="the model sees stdout and stderr apart (4)"),
+    Check("exec_python_error", exec_python_error, requires=PY,
+          reason="an exception is a result for the model, with a traceback it can read (3.3)"),
+    Check("exec_bash", exec_bash, requires=("exec.bash",),
+          reason="the model reads a shell's exit status and both streams (3.3)"),
+    Check("metadata", metadata,
+          reason="the model is told sizes; both sides must count the same way (3.3)"),
+    Check("non_utf8_output", session_checks.non_utf8_output,
+          reason="binary output must not cost the block's result (3.3)"),
+    Check("output_cap", output_cap,
+          reason="a block that prints gigabytes must cost neither side memory (3.1)"),
+    Check("output_below_runtime", repl_checks.output_below_runtime, requires=PY,
+          reason="subprocess and C output is part of what the block did (4)"),
+    Check("no_echo", repl_checks.no_echo, requires=PY,
+          reason="blocks run as modules; the model prints what it wants to see (4)"),
+    Check("show_vars_empty", repl_checks.show_vars_empty, requires=PY,
+          reason="SHOW_VARS is the model's view of its state (4)"),
+    Check("vars_state_names", repl_checks.vars_state_names, requires=PY,
+          reason="the summary must list what the code bound, the same way in every guest (3.3)"),
+    Check("host_call", host_call_roundtrip, requires=("exec.python", "host_call"),
+          reason="host calls are how a block recurses into a child RLM (4)"),
+    Check("host_calls_out_of_order", host_calls_out_of_order,
+          requires=("exec.python", "host_call", "host_call.batched"),
+          reason="batched children finish in any order; replies are routed by id (2)"),
+    Check("rlm_query_fields", repl_checks.rlm_query_fields, requires=PY,
+          reason="the child's prompt must be the same text in every guest (4)"),
+    Check("llm_query_no_fields", repl_checks.llm_query_no_fields, requires=PY,
+          reason="llm_query has no fields; accepting them would drop them silently (4)"),
+    Check("batched_error", repl_checks.batched_error, requires=("exec.python", "host_call"),
+          reason="a batch is one call for the code: all replies, then the first error (4)"),
+    Check("set_vars_unsets_final", set_vars_unsets_final, requires=PY,
+          reason="a new question must not be answered by the previous Final (3.2)"),
+    Check("final_json", final_json, requires=PY,
+          reason="the answer must reach the host, or the model must hear why not (3.3)"),
+    Check("bash_repl_vars", repl_checks.bash_repl_vars, requires=("exec.bash", "repl.bash"),
+          reason="without Python the prompt and the answer are files (4.1)"),
+    Check("bash_repl_host_calls", repl_checks.bash_repl_host_calls,
+          requires=("exec.bash", "repl.bash", "host_call"),
+          reason="without Python the recursion is a command (4.1)"),
+    Check("session_busy", session_busy,
+          reason="one block at a time per session; the second is refused, the first unharmed (3.4)"),
+    Check("set_vars_while_busy", session_checks.set_vars_while_busy,
+          reason="binding during a block must not break the block (3.2)"),
+    Check("int_in_float_field", session_checks.int_in_float_field,
+          reason="encoders write whole floats as integers; float fields take both (1)"),
+    Check("interrupt_python", interrupt_python, requires=("exec.python", "interrupt"),
+          reason="the host stops runaway blocks and the REPL survives, as with Ctrl-C (4)"),
+    Check("interrupt_bash", interrupt_bash, requires=("exec.bash", "interrupt"),
+          reason="a shell pipeline may ignore SIGINT; its process group is killed (4)"),
+    Check("exec_timeout", exec_timeout, requires=("interrupt",),
+          reason="a block that loops forever must cost its timeout, not the run (3.2)"),
+    Check("timeout_counts_host_calls", session_checks.timeout_counts_host_calls,
+          requires=("interrupt", "host_call"),
+          reason="a block's timeout bounds the block, children included (3.2)"),
+    Check("interrupt_reset", session_checks.interrupt_reset, requires=("interrupt",),
+          reason="a block that will not stop must not hang the session; the model must hear of it (4)"),
+    Check("session_died", session_checks.session_died, requires=PY,
+          reason="a block that kills its process is reported, and the session lives on (4)"),
+    Check("close_during_block", session_checks.close_during_block,
+          reason="a cancelled child's session closes at once, and nothing of it comes later (3.2)"),
+    Check("unknown_frame_ignored", unknown_frame_ignored,
+          reason="a newer minor's frames must not break an older guest (5)"),
+    Check("unknown_fields_ignored", unknown_fields_ignored,
+          reason="a newer minor's fields must not break an older guest (5)"),
+    Check("unsupported_language", unsupported_language,
+          reason="a block the guest cannot run is refused, not run as something else (3.1)"),
+    Check("shutdown_during_block", run_raw=wire_checks.shutdown_during_block, own_guest=True,
+          reason="a host that stops mid-block gets Bye last and a clean exit (3.2)"),
+    Check("shutdown", shutdown,
+          reason="Bye is the guest's last word; exit 0 tells a clean end from a crash (2)"),
 )

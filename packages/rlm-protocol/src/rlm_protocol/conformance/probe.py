@@ -33,8 +33,9 @@ from ..frames import (
 )
 from ..version import PROTOCOL_VERSION, is_compatible
 from .peer import CheckFailed, GuestPeer, describe
+from .samples import BASH, PYTHON, Samples
 
-__all__ = ["HostCallServer", "Link", "Probe", "Skip", "handshake", "welcome_for"]
+__all__ = ["HostCallServer", "Link", "Probe", "Skip", "expect_exit", "fail_unless", "handshake", "welcome_for"]
 
 #: Answers a ``HostCall`` seen while waiting for a reply (it must send the ``HostCallReply``).
 HostCallServer = Callable[[HostCall], None]
@@ -46,6 +47,12 @@ class Skip(Exception):
     """The check does not apply to this guest (the message says why)."""
 
 
+def fail_unless(condition: bool, message: str) -> None:
+    """Raise ``CheckFailed(message)`` unless ``condition``."""
+    if not condition:
+        raise CheckFailed(message)
+
+
 def welcome_for(hello: Hello, protocol: tuple[int, int] = PROTOCOL_VERSION) -> Welcome:
     """The kit's ``Welcome``: it uses every capability both sides know."""
     return Welcome(
@@ -54,6 +61,24 @@ def welcome_for(hello: Hello, protocol: tuple[int, int] = PROTOCOL_VERSION) -> W
         host_version="1",
         capabilities=tuple(c for c in hello.capabilities if c in CAPABILITIES),
     )
+
+
+def expect_exit(peer: GuestPeer, deadline: float, when: str, *, zero: bool) -> None:
+    """The guest sends nothing more, closes its output and exits (with status 0 or not)."""
+    try:
+        frame = peer.receive(max(deadline - time.monotonic(), 0.0))
+    except CheckFailed as error:
+        fail_unless(
+            "closed its stdout" in str(error), f"{when} the guest did not close its output: {error}"
+        )
+    else:
+        raise CheckFailed(f"{when} the guest sent {describe(frame)}; nothing may follow")
+    status = peer.wait_exit(max(deadline - time.monotonic(), 0.0))
+    fail_unless(status is not None, f"{when} the guest closed its output but did not exit")
+    if zero:
+        fail_unless(status == 0, f"{when} the guest exited with status {status}, not 0")
+    else:
+        fail_unless(status != 0, f"{when} the guest exited with status 0; a refusal is a failure")
 
 
 def receive_hello(peer: GuestPeer, timeout: float) -> Hello:
@@ -119,6 +144,31 @@ class Probe:
         """Skip the check unless the guest advertised ``capability``."""
         if capability not in self.hello.capabilities:
             raise Skip(f"the guest does not advertise {capability!r}")
+
+    def has(self, capability: str) -> bool:
+        return capability in self.hello.capabilities
+
+    @property
+    def samples(self) -> Samples:
+        """Samples in a language the guest runs (Python first), for checks about any block."""
+        if self.has("exec.python"):
+            return PYTHON
+        if self.has("exec.bash"):
+            return BASH
+        raise Skip("the guest advertises neither exec.python nor exec.bash")
+
+    @property
+    def repl_samples(self) -> Samples:
+        """Samples in a language whose blocks share state (Python, or bash with repl.bash)."""
+        if self.has("exec.python"):
+            return PYTHON
+        if self.has("exec.bash") and self.has("repl.bash"):
+            return BASH
+        raise Skip("the guest has no REPL: neither exec.python nor exec.bash with repl.bash")
+
+    def all_samples(self) -> list[Samples]:
+        """Samples for every language the guest runs."""
+        return [s for s in (PYTHON, BASH) if self.has(f"exec.{s.language}")]
 
     # --- raw traffic -------------------------------------------------------------------------
 
@@ -187,10 +237,10 @@ class Probe:
             raise CheckFailed(f"{what}: the ErrorFrame names session {reply.session!r}, not {session!r}")
         return reply
 
-    def open_session(self, hint: str = "s") -> str:
+    def open_session(self, hint: str = "s", cwd: str | None = None) -> str:
         session = self.link.new_session_id(hint)
         call = self.link.new_call()
-        self.send(OpenSession(session=session, call=call))
+        self.send(OpenSession(session=session, call=call, cwd=cwd))
         opened = self.expect(SessionOpened, call, f"OpenSession {session!r}")
         if opened.session != session:
             raise CheckFailed(f"SessionOpened names session {opened.session!r}, not {session!r}")

@@ -10,8 +10,12 @@ import enum
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
 
 from ..frames import Hello
+from ..version import PROTOCOL_VERSION
 from .checks import CHECKS, Check
 from .peer import CheckFailed, GuestPeer, TraceHook
 from .probe import Link, Probe, Skip, handshake
@@ -37,6 +41,7 @@ class CheckResult:
     summary: str
     message: str = ""
     seconds: float = 0.0
+    reason: str = ""
 
     def line(self) -> str:
         """One line of the report, plus an indented reason when there is one."""
@@ -71,6 +76,28 @@ class ConformanceReport:
             if result.name == name:
                 return result
         raise KeyError(name)
+
+    def as_json(self) -> dict[str, Any]:
+        """The report as plain data (``rlm conformance --json``): guest, counts, every result."""
+        counts = self.counts()
+        return {
+            "guest": list(self.guest),
+            "protocol": list(PROTOCOL_VERSION),
+            "hello": msgspec.to_builtins(self.hello) if self.hello is not None else None,
+            "ok": self.ok,
+            "counts": {outcome.value: counts[outcome] for outcome in Outcome},
+            "results": [
+                {
+                    "name": r.name,
+                    "outcome": r.outcome.value,
+                    "summary": r.summary,
+                    "reason": r.reason,
+                    "message": r.message,
+                    "seconds": round(r.seconds, 3),
+                }
+                for r in self.results
+            ],
+        }
 
     def format(self) -> str:
         """The human-readable report: a header, one line per check, a summary."""
@@ -188,7 +215,7 @@ def run_conformance(
     >>> import sys
     >>> report = run_conformance([sys.executable, "-m", "rlm_guest", "--stdio"], only=["metadata"])
     >>> print(report.results[0].line())
-    PASS  metadata                   Captured.chars counts code points and lines follows rlm_protocol.metadata.count_lines.
+    PASS  metadata                   Captured.chars counts code points; lines is the count of newlines plus one ("a\\n" is 2).
 
     Raises:
         ValueError: ``only`` names a check that does not exist.
@@ -210,7 +237,7 @@ def run_conformance(
                 # A failed check may leave the guest mid-block or desynchronised: start over.
                 guests.discard()
             result = CheckResult(
-                check.name, outcome, check.summary, message, time.monotonic() - started
+                check.name, outcome, check.summary, message, time.monotonic() - started, check.reason
             )
             results.append(result)
             if progress is not None:
