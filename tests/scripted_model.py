@@ -79,6 +79,10 @@ class ChatRequest:
     messages: list[dict[str, str]]
     stream: bool
     body_bytes: int
+    #: OpenAI's ``stream_options.include_usage``: only then does a stream end with a usage chunk.
+    include_usage: bool = False
+    #: The ``Authorization`` header as sent (``None`` when absent).
+    authorization: str | None = None
 
     @property
     def system(self) -> str | None:
@@ -161,8 +165,12 @@ class ScriptedModel:
         *,
         latency: float = 0.0,
         known_models: set[str] | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.script = script
+        #: When set, a request without ``Authorization: Bearer <api_key>`` gets 401, as OpenAI's
+        #: API answers (https://platform.openai.com/docs/api-reference/authentication).
+        self.api_key = api_key
         #: Seconds every reply waits before it is sent (a slow model, to make overlap visible).
         self.latency = latency
         #: When set, a request for another model gets Ollama's/OpenAI's 404 "model not found".
@@ -282,14 +290,22 @@ class ScriptedModel:
                     self._send_json(record, 404, {"error": f"no route {self.path}"})
                     return
                 body = json.loads(raw)
+                stream_options = body.get("stream_options") or {}
                 request = ChatRequest(
                     api=api,
                     model=body.get("model", ""),
                     messages=body.get("messages", []),
                     stream=bool(body.get("stream", api == "ollama")),
                     body_bytes=len(raw),
+                    include_usage=bool(stream_options.get("include_usage", False)),
+                    authorization=self.headers.get("Authorization"),
                 )
                 record.request = request
+                if server.api_key is not None and request.authorization != f"Bearer {server.api_key}":
+                    error = {"message": "Incorrect API key provided", "type": "invalid_request_error",
+                             "code": "invalid_api_key"}
+                    self._send_json(record, 401, {"error": error})
+                    return
                 outcome = server._next_outcome(request)
                 if isinstance(outcome, str):
                     outcome = Reply(outcome)
@@ -366,7 +382,9 @@ class ScriptedModel:
                     chunk = {"choices": [{"index": 0, "delta": {"content": piece}}]}
                     self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
                     self.wfile.flush()
-                if reply.report_usage:
+                # OpenAI streams usage only when asked, as a last chunk with empty ``choices``
+                # (API reference, "Create chat completion", ``stream_options.include_usage``).
+                if reply.report_usage and request.include_usage:
                     usage = {"prompt_tokens": prompt, "completion_tokens": completion}
                     self.wfile.write(
                         b"data: " + json.dumps({"choices": [], "usage": usage}).encode() + b"\n\n"
