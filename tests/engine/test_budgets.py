@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from engine_harness import fence, local_options
 from rlm_host.api import run_rlm
 from rlm_host.engine import MAX_STEPS_ANSWER
@@ -69,6 +71,10 @@ async def test_max_depth_one_makes_every_rlm_query_a_leaf(trajectory: Path) -> N
     with ScriptedModel(script) as server:
         result = await run_rlm("root", options=local_options(server.url, trajectory, max_depth=1))
     assert result.answer == "plain"
+    # The child is a plain chat call: no RLM turn of its own (with a depth of 3 it would be one).
+    children = [(c.rlm, c.depth, c.kind) for c in read_trajectory(trajectory) if isinstance(c, ChildStart)]
+    assert children == [("0.1", 1, "leaf")]
+    assert [r.is_leaf for r in server.requests()] == [False, True]
 
 
 async def test_max_model_calls(trajectory: Path) -> None:
@@ -101,10 +107,17 @@ async def test_wall_time_while_the_model_hangs(trajectory: Path) -> None:
     assert stops(trajectory) == [("0", "wall_time")]
 
 
+@pytest.mark.timeout(60)
 async def test_wall_time_while_code_runs(trajectory: Path) -> None:
-    with ScriptedModel(lambda request: fence("import time\ntime.sleep(600)")) as server:
-        result = await run_rlm("task", options=local_options(server.url, trajectory, max_seconds=1.0))
-    assert result.stop_reason == "wall_time"
+    # The block's own timeout is an hour: only the wall-time budget can stop it, and if the
+    # budget cannot reach a running block this test fails by its time limit (a minute).
+    block = fence("import time\ntime.sleep(3600)\nprint('the block ran to its end')")
+    with ScriptedModel(lambda request: block) as server:
+        options = local_options(server.url, trajectory, max_seconds=1.0, exec_timeout=3600.0)
+        result = await run_rlm("task", options=options)
+    assert (result.answer, result.stop_reason) == (None, "wall_time")
+    assert stops(trajectory) == [("0", "wall_time")]
+    assert len(server.requests()) == 1
 
 
 async def test_run_wide_budget_hit_in_a_child_stops_the_run(trajectory: Path) -> None:
