@@ -10,13 +10,22 @@ from pathlib import Path
 import pytest
 import trio
 
+from missing_part import require
 from batch_harness import KILLER, LOOPER, script, write_tasks
 from rlm_host.api import RunOptions
 from rlm_host.batch import BatchOptions, TaskResult, read_tasks, run_batch
 from scripted_model import ScriptedModel
 
-# Not imported here: the engine sets Ray's environment before Ray is first imported.
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs rlm-host[ray]")
+
+
+@pytest.fixture(autouse=True)
+def _ray_installed() -> None:
+    # Not imported here: the engine sets Ray's environment before Ray is first imported.
+    require(
+        importlib.util.find_spec("ray") is not None,
+        "Ray (the rlm-host[ray] extra)",
+        "uv sync --all-packages --all-extras (scripts/setup.sh does it)",
+    )
 
 
 def outcome(result: TaskResult) -> tuple[str, str | None, float | None]:

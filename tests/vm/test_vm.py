@@ -107,9 +107,10 @@ async def test_guest_clock_follows_the_host_after_a_restore(shared_vm: SharedVM)
     assert abs(float(result.stdout.text) - time.time()) < 5
 
 
-async def test_network_flag_gives_user_mode_nat() -> None:
+async def test_network_flag_gives_user_mode_nat(vm_config: VMConfig) -> None:
     # Only with network=True: eth0 with QEMU's user-mode address, and the host reachable
-    # through the NAT gateway 10.0.2.2 (no internet needed for that).
+    # through the NAT gateway 10.0.2.2 (no internet needed for that). ``vm_config`` builds the
+    # image (or fails in CI without QEMU) before this test makes a config of its own.
     config = await trio.to_thread.run_sync(lambda: prepare_vm_config(memory_mb=1024, network=True))
     listener = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listener[0].socket.getsockname()[1]
