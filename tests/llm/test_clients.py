@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 from dataclasses import replace
 
 import pytest
@@ -155,7 +156,13 @@ async def test_wrong_api_hint() -> None:
 
 
 async def test_concurrent_requests_overlap() -> None:
-    with ScriptedModel(echo, latency=0.2) as server:
+    together = threading.Barrier(4, timeout=60)  # each reply waits until all four are in flight
+
+    def script(request: ChatRequest) -> str:
+        together.wait()
+        return echo(request)
+
+    with ScriptedModel(script) as server:
         async with open_client(fast_config("ollama", server.url)) as client:
             async with trio.open_nursery() as nursery:
                 for index in range(4):
