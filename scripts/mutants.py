@@ -87,7 +87,7 @@ TARGETS: dict[str, Target] = {
     ),
     "resume": Target(
         "packages/rlm-host/src/rlm_host/resume.py",
-        ("tests/engine/test_resume.py",),
+        ("tests/engine/test_resume.py", "tests/engine/test_resume_errors.py"),
     ),
 }
 

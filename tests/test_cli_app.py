@@ -251,3 +251,33 @@ def test_accel_without_qemu_is_tcg(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
     choice = probe_accel()
     assert choice.name == "tcg" and "not found" in choice.reason
+
+
+# --- rlm batch: the flags of a re-run -----------------------------------------------------------
+
+SCORER = '''
+def half(answer, expected, task=None):
+    """Half a point for any answer (to see that this scorer, not a built-in one, scored)."""
+    return 0.5
+'''
+
+
+def test_batch_overwrite_scorer_and_trajectories(tmp_path: Path) -> None:
+    tasks, results, folder = tmp_path / "tasks.jsonl", tmp_path / "results.jsonl", tmp_path / "runs"
+    tasks.write_text("".join(json.dumps({"id": key, "text": "What is 6 * 7?", "expected": "42"}) + "\n" for key in ("a", "b")))
+    (tmp_path / "myscoring.py").write_text(SCORER)
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    with ScriptedModel(lambda request: fence("Final = '42'")) as server:
+        command = ["batch", str(tasks), "-o", str(results), "--isolation", "local", "--llm-url", server.url, "--model", "m"]
+        first = rlm(*command, "--scorer", "exact", env=env)
+        assert first.returncode == 0, first.stderr
+        assert {line["id"]: line["score"] for line in map(json.loads, results.read_text().splitlines())} == {"a": 1.0, "b": 1.0}
+        refused = rlm(*command, env=env)
+        assert refused.returncode == 2 and b"--overwrite" in refused.stderr
+        again = rlm(*command, "--overwrite", "--scorer", "myscoring:half", "--trajectories", str(folder), env=env)
+    assert again.returncode == 0, again.stderr
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    assert sorted(line["id"] for line in lines) == ["a", "b"]  # started afresh, not appended
+    assert {line["score"] for line in lines} == {0.5}
+    assert all(Path(line["trajectory"]).parent == folder for line in lines)
+    assert sorted(path.name for path in folder.glob("*.jsonl")) == ["a.jsonl", "b.jsonl"]
