@@ -281,3 +281,22 @@ def test_batch_overwrite_scorer_and_trajectories(tmp_path: Path) -> None:
     assert {line["score"] for line in lines} == {0.5}
     assert all(Path(line["trajectory"]).parent == folder for line in lines)
     assert sorted(path.name for path in folder.glob("*.jsonl")) == ["a.jsonl", "b.jsonl"]
+
+
+# --- rlm image ---------------------------------------------------------------------------------
+
+
+def test_image_info_and_a_build_that_finds_the_cache(vm_config: VMConfig) -> None:
+    from rlm_host.vm import find_image
+
+    manifest = find_image().manifest
+    info = rlm("image", "info", "--json")
+    assert info.returncode == 0, info.stderr
+    shown = json.loads(info.stdout)
+    assert (shown["hash"], shown["kernel_release"]) == (manifest.hash, manifest.kernel_release)
+    # The session's image is built: a build finds it in the cache instead of building again.
+    build = rlm("image", "build")
+    assert build.returncode == 0, build.stderr
+    assert find_image().manifest.hash == manifest.hash
+    missing = rlm("image", "info", env={"XDG_CACHE_HOME": "/nonexistent-rlm-cache"})
+    assert missing.returncode != 0 and b"rlm image build" in missing.stderr
