@@ -18,6 +18,9 @@ from rlm_host.batch import BatchOptions, TaskResult, read_tasks, run_batch
 from scripted_model import ScriptedModel
 
 
+#: Ray's own start-up takes a minute or more on a loaded two-core machine.
+pytestmark = pytest.mark.timeout(600)
+
 
 @pytest.fixture(autouse=True)
 def _ray_installed() -> None:
@@ -130,7 +133,6 @@ async def test_actor_replacements_are_bounded(tmp_path: Path) -> None:
         assert "no Ray actor left" in (results[key].reason or "")
 
 
-@pytest.mark.timeout(600)  # Ray's start-up alone is a minute on a loaded two-core machine
 async def test_rlm_batch_engine_ray_resumes_through_the_cli(tmp_path: Path) -> None:
     """``rlm batch --engine ray --resume`` as typed: the tasks already in the results file are
     skipped, the others run on Ray actors."""
