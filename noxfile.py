@@ -28,3 +28,13 @@ def mypy(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks; figures are printed and written to bench/results/latest.json."""
     session.run("uv", "run", "--frozen", "python", "-m", "bench", *session.posargs, external=True)
+
+
+@nox.session(venv_backend="none")
+def mutants(session: nox.Session) -> None:
+    """Mutation testing (scripts/mutants.py) of the codec, the guest's sessions and interrupts, the
+    engine's budgets and recursion, batch results and resume; not a default session (it takes
+    tens of minutes). ``nox -s mutants -- budget --sample 20`` runs a part."""
+    session.run(
+        "uv", "run", "--frozen", "python", "scripts/mutants.py", *session.posargs, external=True
+    )

@@ -81,6 +81,10 @@ class ChatRequest:
     body_bytes: int
     #: The whole JSON body (options, think, keep_alive, chat_template_kwargs, ...).
     body: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    #: OpenAI's ``stream_options.include_usage``: only then does a stream end with a usage chunk.
+    include_usage: bool = False
+    #: The ``Authorization`` header as sent (``None`` when absent).
+    authorization: str | None = None
 
     @property
     def system(self) -> str | None:
@@ -166,8 +170,12 @@ class ScriptedModel:
         *,
         latency: float = 0.0,
         known_models: set[str] | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.script = script
+        #: When set, a request without ``Authorization: Bearer <api_key>`` gets 401, as OpenAI's
+        #: API answers (https://platform.openai.com/docs/api-reference/authentication).
+        self.api_key = api_key
         #: Seconds every reply waits before it is sent (a slow model, to make overlap visible).
         self.latency = latency
         #: When set, a request for another model gets Ollama's/OpenAI's 404 "model not found".
@@ -316,6 +324,7 @@ class ScriptedModel:
                     self._send_json(record, 404, {"error": f"no route {self.path}"})
                     return
                 body = json.loads(raw)
+                stream_options = body.get("stream_options") or {}
                 request = ChatRequest(
                     api=api,
                     model=body.get("model", ""),
@@ -323,8 +332,15 @@ class ScriptedModel:
                     stream=bool(body.get("stream", api == "ollama")),
                     body_bytes=len(raw),
                     body=body,
+                    include_usage=bool(stream_options.get("include_usage", False)),
+                    authorization=self.headers.get("Authorization"),
                 )
                 record.request = request
+                if server.api_key is not None and request.authorization != f"Bearer {server.api_key}":
+                    error = {"message": "Incorrect API key provided", "type": "invalid_request_error",
+                             "code": "invalid_api_key"}
+                    self._send_json(record, 401, {"error": error})
+                    return
                 outcome = server._next_outcome(request)
                 if isinstance(outcome, str):
                     outcome = Reply(outcome)
@@ -401,7 +417,9 @@ class ScriptedModel:
                     chunk = {"choices": [{"index": 0, "delta": {"content": piece}}]}
                     self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
                     self.wfile.flush()
-                if reply.report_usage:
+                # OpenAI streams usage only when asked, as a last chunk with empty ``choices``
+                # (API reference, "Create chat completion", ``stream_options.include_usage``).
+                if reply.report_usage and request.include_usage:
                     usage = {"prompt_tokens": prompt, "completion_tokens": completion}
                     self.wfile.write(
                         b"data: " + json.dumps({"choices": [], "usage": usage}).encode() + b"\n\n"

@@ -10,7 +10,6 @@ machine without QEMU cannot pass by skipping them.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 
@@ -18,6 +17,7 @@ import pytest
 
 from rlm_host.vm import VMConfig, build_image, find_qemu
 from rlm_host.vm.connect import prepare_vm_config
+from missing_part import require
 from vm_harness import SharedVM
 
 
@@ -29,18 +29,15 @@ class _PrintReporter:
         pass
 
 
-def _require_qemu() -> None:
-    if find_qemu() is None:
-        message = "qemu-system-x86_64 is not installed (scripts/setup-system.sh)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; CI is set, so the VM tests fail instead of skipping")
-        pytest.skip(message)
+def require_qemu() -> None:
+    """Skip without QEMU, or fail under ``CI``."""
+    require(find_qemu() is not None, "qemu-system-x86_64", "scripts/setup-system.sh installs it")
 
 
 @pytest.fixture(scope="session")
 def vm_config() -> VMConfig:
     """Image (built when missing), wheelhouse and agent disk for the current sources."""
-    _require_qemu()
+    require_qemu()
     started = time.monotonic()
     build_image("debian", reporter=_PrintReporter())
     config = prepare_vm_config(memory_mb=1024)

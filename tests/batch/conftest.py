@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rlm_host.vm import build_image, find_qemu
+from rlm_host.vm import build_image
+from vm_plugin import require_qemu
 
 
 class _PrintReporter:
@@ -18,6 +19,5 @@ class _PrintReporter:
 @pytest.fixture(scope="session")
 def vm_image() -> None:
     """The guest image, built when missing (the VM tests of the batch start their own VMs)."""
-    if find_qemu() is None:
-        pytest.skip("qemu-system-x86_64 is not installed (scripts/setup-system.sh)")
+    require_qemu()
     build_image("debian", reporter=_PrintReporter())

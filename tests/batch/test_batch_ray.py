@@ -4,19 +4,32 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import trio
 
+from missing_part import require
 from batch_harness import KILLER, LOOPER, script, write_tasks
 from rlm_host.api import RunOptions
 from rlm_host.batch import BatchOptions, TaskResult, read_tasks, run_batch
 from scripted_model import ScriptedModel
 
-# Not imported here: the engine sets Ray's environment before Ray is first imported.
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs rlm-host[ray]")
+
+#: Ray's own start-up takes a minute or more on a loaded two-core machine.
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(autouse=True)
+def _ray_installed() -> None:
+    # Not imported here: the engine sets Ray's environment before Ray is first imported.
+    require(
+        importlib.util.find_spec("ray") is not None,
+        "Ray (the rlm-host[ray] extra)",
+        "uv sync --all-packages --all-extras (scripts/setup.sh does it)",
+    )
 
 
 def outcome(result: TaskResult) -> tuple[str, str | None, float | None]:
@@ -118,3 +131,24 @@ async def test_actor_replacements_are_bounded(tmp_path: Path) -> None:
     for key in ("x", "y"):
         assert results[key].status == "error" and results[key].attempts == 0
         assert "no Ray actor left" in (results[key].reason or "")
+
+
+async def test_rlm_batch_engine_ray_resumes_through_the_cli(tmp_path: Path) -> None:
+    """``rlm batch --engine ray --resume`` as typed: the tasks already in the results file are
+    skipped, the others run on Ray actors."""
+    tasks = task_lines(tmp_path / "tasks.jsonl", {f"t{index}": f"answer={index}" for index in range(3)})
+    results = tmp_path / "results.jsonl"
+    results.write_text(json.dumps({"id": "t0", "status": "ok", "answer": "0"}) + "\n")
+    with ScriptedModel(script) as server:
+        done = await trio.run_process(
+            [sys.executable, "-c", "from rlm_host.cli import main; main()", "batch", str(tasks),
+             "-o", str(results), "--engine", "ray", "--workers", "1", "--isolation", "local",
+             "--llm-url", server.url, "--model", "m", "--resume"],
+            capture_stdout=True, capture_stderr=True, check=False,
+        )
+    assert done.returncode == 0, done.stderr.decode()
+    summary = json.loads(done.stdout)
+    assert (summary["skipped"], summary["tasks"]) == (1, 2)
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    assert sorted((line["id"], line.get("answer")) for line in lines) == [("t0", "0"), ("t1", "1"), ("t2", "2")]
+    assert {line["worker"] for line in lines[1:]} == {"ray0"}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,8 +14,12 @@ from rlm_host.api import run_rlm
 from rlm_host.trajectory import ChildStart, read_trajectory
 from scripted_model import ChatRequest, ScriptedModel
 
-#: Each leaf reply takes this long, so that overlap (or its absence) is unmistakable.
+#: With a bound of one, each leaf reply takes this long, so that overlap would show. With a
+#: bound of eight, overlap is not left to timing: every leaf reply waits until all eight
+#: requests are in flight together (a barrier), and fails if they never are.
 LATENCY = 0.5
+#: Seconds a barrier waits for the other requests before it fails the test.
+BARRIER_SECONDS = 60.0
 
 BATCH_CODE = """
 answers = llm_query_batched([f"echo {i}" for i in range(8)])
@@ -21,17 +27,22 @@ Final = answers
 """
 
 
-def script(request: ChatRequest) -> str:
-    if request.is_leaf:
-        return request.last_user.replace("echo", "answer")
-    return fence(BATCH_CODE)
+def leaf_script(together: threading.Barrier | None) -> Callable[[ChatRequest], str]:
+    def script(request: ChatRequest) -> str:
+        if request.is_leaf:
+            if together is not None:
+                together.wait()
+            return request.last_user.replace("echo", "answer")
+        return fence(BATCH_CODE)
 
-
+    return script
 
 
 @pytest.mark.parametrize("concurrency", [8, 1])
 async def test_eight_batched_leaf_calls(trajectory: Path, concurrency: int) -> None:
-    with ScriptedModel(script, latency=LATENCY) as server:
+    together = threading.Barrier(8, timeout=BARRIER_SECONDS) if concurrency == 8 else None
+    latency = LATENCY if concurrency == 1 else 0.0
+    with ScriptedModel(leaf_script(together), latency=latency) as server:
         started = time.perf_counter()
         result = await run_rlm(
             "batch", options=local_options(server.url, trajectory, concurrency=concurrency)
@@ -56,15 +67,17 @@ Final = "|".join(answers)
 """
 
 
-def rlm_batch_script(request: ChatRequest) -> str:
-    prefix = request.prompt_prefix
-    if prefix.startswith("child "):
-        return fence(f"Final = {prefix.upper()!r}")
-    return fence(RLM_BATCH_CODE)
-
-
 async def test_batched_children_are_rlms_in_their_own_sessions(trajectory: Path) -> None:
-    with ScriptedModel(rlm_batch_script, latency=0.2) as server:
+    together = threading.Barrier(4, timeout=BARRIER_SECONDS)  # the four children at once
+
+    def rlm_batch_script(request: ChatRequest) -> str:
+        prefix = request.prompt_prefix
+        if prefix.startswith("child "):
+            together.wait()
+            return fence(f"Final = {prefix.upper()!r}")
+        return fence(RLM_BATCH_CODE)
+
+    with ScriptedModel(rlm_batch_script) as server:
         result = await run_rlm("batch", options=local_options(server.url, trajectory, concurrency=4))
     assert result.answer == "CHILD 0|CHILD 1|CHILD 2|CHILD 3"
     assert server.max_in_flight() == 4

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from engine_harness import fence, local_options
 from rlm_host.api import run_rlm
 from rlm_host.engine import MAX_STEPS_ANSWER
+from rlm_host.engine.budget import Limits, Price, load_prices, parse_price
 from rlm_host.trajectory import BudgetStop, ChildStart, RunEnd, read_trajectory
 from scripted_model import ChatRequest, Hang, Outcome, Reply, ScriptedModel
 
@@ -69,6 +72,10 @@ async def test_max_depth_one_makes_every_rlm_query_a_leaf(trajectory: Path) -> N
     with ScriptedModel(script) as server:
         result = await run_rlm("root", options=local_options(server.url, trajectory, max_depth=1))
     assert result.answer == "plain"
+    # The child is a plain chat call: no RLM turn of its own (with a depth of 3 it would be one).
+    children = [(c.rlm, c.depth, c.kind) for c in read_trajectory(trajectory) if isinstance(c, ChildStart)]
+    assert children == [("0.1", 1, "leaf")]
+    assert [r.is_leaf for r in server.requests()] == [False, True]
 
 
 async def test_max_model_calls(trajectory: Path) -> None:
@@ -101,10 +108,17 @@ async def test_wall_time_while_the_model_hangs(trajectory: Path) -> None:
     assert stops(trajectory) == [("0", "wall_time")]
 
 
+@pytest.mark.timeout(60)
 async def test_wall_time_while_code_runs(trajectory: Path) -> None:
-    with ScriptedModel(lambda request: fence("import time\ntime.sleep(600)")) as server:
-        result = await run_rlm("task", options=local_options(server.url, trajectory, max_seconds=1.0))
-    assert result.stop_reason == "wall_time"
+    # The block's own timeout is an hour: only the wall-time budget can stop it, and if the
+    # budget cannot reach a running block this test fails by its time limit (a minute).
+    block = fence("import time\ntime.sleep(3600)\nprint('the block ran to its end')")
+    with ScriptedModel(lambda request: block) as server:
+        options = local_options(server.url, trajectory, max_seconds=1.0, exec_timeout=3600.0)
+        result = await run_rlm("task", options=options)
+    assert (result.answer, result.stop_reason) == (None, "wall_time")
+    assert stops(trajectory) == [("0", "wall_time")]
+    assert len(server.requests()) == 1
 
 
 async def test_run_wide_budget_hit_in_a_child_stops_the_run(trajectory: Path) -> None:
@@ -123,3 +137,41 @@ async def test_run_wide_budget_hit_in_a_child_stops_the_run(trajectory: Path) ->
     assert len(server.requests()) == 3
     # The child stopped first, its parent's code printed the explanation, then the root stopped.
     assert stops(trajectory) == [("0.1", "max_model_calls"), ("0", "max_model_calls")]
+
+
+async def test_max_tokens_estimated_when_the_server_reports_no_usage(trajectory: Path) -> None:
+    reply = fence("print(1)")
+
+    def script(request: ChatRequest) -> Outcome:
+        return Reply(reply, report_usage=False)
+
+    with ScriptedModel(script) as server:
+        result = await run_rlm("task", options=local_options(server.url, trajectory, max_tokens=1))
+    # A server without usage is charged chars / 4 of the request's messages and of the reply.
+    (request,) = server.requests()
+    estimate = sum(len(m["content"]) for m in request.messages) // 4 + len(reply) // 4
+    assert result.stop_reason == "max_tokens"
+    assert result.detail == f"token budget spent: {estimate} of 1 tokens"
+
+
+def test_limits_defaults_are_the_seeds_and_bad_limits_are_refused() -> None:
+    assert (Limits().max_steps, Limits().max_depth, Limits().concurrency) == (18, 3, 4)
+    for bad in ({"max_steps": 0}, {"max_depth": 0}, {"concurrency": 0}, {"context_tokens": 63}):
+        with pytest.raises(ValueError, match="must be at least"):
+            Limits(**bad)  # type: ignore[arg-type]
+    Limits(max_steps=1, max_depth=1, concurrency=1, context_tokens=64)  # the smallest allowed
+
+
+def test_prices_are_checked(tmp_path: Path) -> None:
+    assert parse_price("m=0.5,0") == ("m", Price(0.5, 0.0))  # below 1, and free, are prices
+    for bad in ("m=-1,0", "m=0,-0.1", "m=1", "=1,2", "m=a,b"):
+        with pytest.raises(ValueError):
+            parse_price(bad)
+    good = tmp_path / "prices.toml"
+    good.write_text('m = [0.5, 1]\nn = {input_per_1k = 2, output_per_1k = 3}\n')
+    assert load_prices(good) == {"m": Price(0.5, 1.0), "n": Price(2.0, 3.0)}
+    for text in ('m = [1, 2, 3]', 'm = [1]', 'm = {input_per_1k = 2}', 'm = 3'):
+        bad_file = tmp_path / "bad.toml"
+        bad_file.write_text(text + "\n")
+        with pytest.raises(ValueError, match="must be"):
+            load_prices(bad_file)

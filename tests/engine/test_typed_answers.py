@@ -45,6 +45,8 @@ async def test_a_typed_answer_rejected_once_then_accepted(trajectory: Path) -> N
 
 
 async def test_a_plain_answer_type(trajectory: Path) -> None:
+    # JSON has no tuple: only the conversion to the answer type makes one of the list.
     with ScriptedModel(lambda request: fence("Final = [1, 2, 3]")) as server:
-        result = await run_rlm("numbers", options=local_options(server.url, trajectory), answer_type=list[int])
-    assert result.value == [1, 2, 3]
+        result = await run_rlm("numbers", options=local_options(server.url, trajectory), answer_type=tuple[int, ...])
+    assert result.value == (1, 2, 3) and isinstance(result.value, tuple)
+    assert json.loads(server.requests()[0].first_user)["answer_schema"]["type"] == "array"

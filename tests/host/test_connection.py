@@ -21,10 +21,12 @@ from rlm_protocol import (
     PROTOCOL_VERSION,
     Captured,
     ErrorFrame,
+    Exec,
     ExecResult,
     Frame,
     FrameDecoder,
     Hello,
+    Interrupt,
     Limits,
     OpenSession,
     SessionOpened,
@@ -188,34 +190,33 @@ async def test_replies_out_of_order_and_error_frames_route_by_call() -> None:
     assert not isinstance(outcomes["b"], SessionError)
 
 
-async def test_late_reply_to_a_cancelled_request_is_dropped() -> None:
+async def test_late_reply_to_a_cancelled_request_is_dropped(autojump_clock: trio.testing.MockClock) -> None:
+    # The guest ignores the interrupt, so the host stops waiting for the exec (after
+    # INTERRUPT_CONFIRM_SECONDS of the mock clock); only then, when the host's next request
+    # arrives, does the guest send the exec's result: a reply that no one waits for any more.
     async def guest(stream: trio.abc.Stream, decoder: FrameDecoder) -> None:
         await stream.send_all(encode(hello()))
         await receive(stream, decoder)
         opened = (await receive(stream, decoder))[0]
         assert isinstance(opened, OpenSession)
         await stream.send_all(encode(SessionOpened(session=opened.session, call=opened.call)))
-        exec_request = (await receive(stream, decoder))[0]
-        # The host gives up on this exec and interrupts; the late result must be dropped.
-        await receive(stream, decoder)
-        await stream.send_all(
-            encode(
-                ExecResult(
-                    session=opened.session,
-                    call=exec_request.call,  # type: ignore[attr-defined]
-                    stdout=Captured(),
-                    stderr=Captured(),
-                )
-            )
-        )
+        (exec_request,) = await receive(stream, decoder)
+        assert isinstance(exec_request, Exec)
+        (interrupt,) = await receive(stream, decoder)
+        assert isinstance(interrupt, Interrupt)
+        (second,) = await receive(stream, decoder)
+        assert isinstance(second, OpenSession)
+        late = ExecResult(session=opened.session, call=exec_request.call, stdout=Captured(), stderr=Captured())
+        await stream.send_all(encode(late) + encode(SessionOpened(session=second.session, call=second.call)))
         await trio.sleep_forever()
 
     async def body(connection: GuestConnection) -> None:
         session = await connection.open_session()
         with trio.move_on_after(0.2):
             await session.exec("while True: pass")
-        await trio.sleep(0.1)
-        assert not connection.closed
+        # The late result reaches the reader before this reply: dropping it kept the reader up.
+        second = await connection.open_session()
+        assert second.id != session.id and not connection.closed
 
     await run_against(guest, body)
 

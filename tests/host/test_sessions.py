@@ -10,7 +10,7 @@ import trio
 
 from rlm_host import GuestConnection, GuestDiedError, SessionError, open_local_guest
 from rlm_host.transport import LocalGuestStream
-from rlm_protocol import HostCall, text_metadata
+from rlm_protocol import Exec, ExecResult, HostCall, SetVars, text_metadata
 
 
 @pytest.fixture
@@ -350,6 +350,16 @@ async def test_unknown_session_is_a_typed_error(connection: GuestConnection) -> 
 
     with pytest.raises(SessionClosedError):
         await session.exec("pass")
+    # The host's own check is above; the guest must refuse too, by name, and go on serving.
+    for frame in (
+        Exec(session=session.id, call=connection.new_call(), code="pass"),
+        SetVars(session="s-never-opened", call=connection.new_call(), values={"x": 1}),
+    ):
+        with pytest.raises(SessionError) as refused, trio.fail_after(30):  # no answer: a hang
+            await connection.request(frame, frame.call, ExecResult)
+        assert refused.value.code == "unknown_session" and frame.session in str(refused.value)
+    async with await connection.open_session() as other:
+        assert (await other.exec("print(1)")).stdout.text == "1\n"
 
 
 async def test_rlm_query_keyword_fields_are_appended(connection: GuestConnection) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 from dataclasses import replace
 
 import pytest
@@ -51,6 +52,8 @@ async def test_chat_plain_and_streamed(api: Api, stream: bool) -> None:
     assert request.api == api and request.stream is stream and request.model == "m"
     if stream:
         assert len(deltas) > 1 and "".join(deltas) == reply.content
+    # An OpenAI stream reports usage only when asked (the server above sends none otherwise).
+    assert request.include_usage is (api == "openai" and stream)
 
 
 @pytest.mark.parametrize("api", APIS)
@@ -91,6 +94,20 @@ async def test_bad_request_is_not_retried(api: Api) -> None:
             with pytest.raises(ModelServerError, match="bad input"):
                 await client.chat([{"role": "user", "content": "x"}])
     assert len(server.log) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_api_key_is_sent_as_a_bearer_token(stream: bool) -> None:
+    with ScriptedModel(echo, api_key="sk-test") as server:
+        config = fast_config("openai", server.url, api_key="sk-test", stream=stream)
+        async with open_client(config) as client:
+            reply = await client.chat([{"role": "user", "content": "x"}])
+        assert reply.content == "you said: x"
+        async with open_client(replace(config, api_key=None)) as client:
+            with pytest.raises(ModelServerError, match="HTTP 401") as caught:
+                await client.chat([{"role": "user", "content": "x"}])
+    assert caught.value.status == 401 and caught.value.attempts == 1
+    assert [r.authorization for r in server.requests()] == ["Bearer sk-test", None]
 
 
 @pytest.mark.parametrize("api", APIS)
@@ -139,7 +156,13 @@ async def test_wrong_api_hint() -> None:
 
 
 async def test_concurrent_requests_overlap() -> None:
-    with ScriptedModel(echo, latency=0.2) as server:
+    together = threading.Barrier(4, timeout=60)  # each reply waits until all four are in flight
+
+    def script(request: ChatRequest) -> str:
+        together.wait()
+        return echo(request)
+
+    with ScriptedModel(script) as server:
         async with open_client(fast_config("ollama", server.url)) as client:
             async with trio.open_nursery() as nursery:
                 for index in range(4):

@@ -8,6 +8,7 @@ When a test here fails because the frame types changed, bump ``PROTOCOL_MINOR`` 
 from __future__ import annotations
 
 import copy
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -32,6 +33,7 @@ from rlm_protocol import (
     Limits,
     UnknownFrame,
 )
+from missing_part import require
 from rlm_protocol.conformance import run_conformance
 from rlm_protocol.schema import (
     WRITE_COMMAND,
@@ -131,14 +133,15 @@ def test_check_command_agrees() -> None:
 
 
 def test_the_wheel_ships_the_schema(tmp_path: Path) -> None:
+    # Only a missing uv is a reason to skip; a build that fails is a broken package.
+    require(shutil.which("uv") is not None, "uv", "pip install uv (scripts/setup.sh does it)")
     done = subprocess.run(
         ["uv", "build", "--package", "rlm-protocol", "--wheel", "-o", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
     )
-    if done.returncode != 0:
-        pytest.skip(f"uv build unavailable: {done.stderr[-300:]}")
+    assert done.returncode == 0, f"uv build failed: {done.stderr[-1000:]}"
     (wheel,) = tmp_path.glob("*.whl")
     assert "rlm_protocol/frames.schema.json" in zipfile.ZipFile(wheel).namelist()
 

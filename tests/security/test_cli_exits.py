@@ -72,6 +72,13 @@ def _wait_for_qemu(cli: subprocess.Popen[bytes], timeout: float = 600) -> tuple[
     raise AssertionError("the command started no QEMU")
 
 
+def _wait_for_console(cli: subprocess.Popen[bytes], console: Path, marker: str) -> None:
+    """Until ``marker`` is on the guest's console (the test's time limit bounds a hang)."""
+    while not (console.exists() and marker.encode() in console.read_bytes()):
+        assert cli.poll() is None, cli.communicate()
+        time.sleep(0.05)
+
+
 def _assert_no_qemu_left(qemu: int, run_dir: Path, *, run_dir_removed: bool = True) -> None:
     deadline = time.monotonic() + 10
     while _alive(qemu) and time.monotonic() < deadline:
@@ -92,9 +99,12 @@ def test_normal_and_error_exits_leave_no_qemu(vm_config: VMConfig) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
 def test_signals_mid_block_leave_no_qemu(vm_config: VMConfig, signum: signal.Signals) -> None:
-    cli = _start("exec", "-c", "while True: pass")
+    # The block announces itself on the guest's console (QEMU writes it to the run directory's
+    # console.log), so the signal is sent once the block runs, not after a guessed delay.
+    marker = f"rlm-block-running-{signum.name}"
+    cli = _start("exec", "-c", f"open('/dev/console', 'w').write('{marker}\\n')\nwhile True: pass")
     qemu, run_dir = _wait_for_qemu(cli)
-    time.sleep(8)  # the VM is up and the block is running
+    _wait_for_console(cli, run_dir / "console.log", marker)
     sent = time.monotonic()
     cli.send_signal(signum)
     out, err = cli.communicate(timeout=60)
@@ -105,6 +115,11 @@ def test_signals_mid_block_leave_no_qemu(vm_config: VMConfig, signum: signal.Sig
     # SIGKILL cannot clean up: QEMU dies through PDEATHSIG, the run directory is swept by the
     # next VM start.
     _assert_no_qemu_left(qemu, run_dir, run_dir_removed=signum is not signal.SIGKILL)
+    if signum is signal.SIGKILL:
+        assert run_dir.exists()
+        after = subprocess.run([sys.executable, "-c", CLI, "exec", "-c", "print('next')"], capture_output=True, timeout=600)
+        assert (after.returncode, after.stdout) == (0, b"next\n"), after.stderr
+        assert not run_dir.exists(), f"the next VM start left {run_dir} behind"
 
 
 def _slow_model(request: ChatRequest) -> str:
@@ -127,7 +142,7 @@ def test_killed_run_leaves_a_readable_trajectory_and_no_qemu(
         while b'"event":"block"' not in (trajectory.read_bytes() if trajectory.exists() else b""):
             assert time.monotonic() < deadline and cli.poll() is None, cli.communicate()
             time.sleep(0.1)
-        time.sleep(1)
+        # The block event is written when the block has started: it is running now.
         cli.send_signal(signum)
         cli.communicate(timeout=60)
     _assert_no_qemu_left(qemu, run_dir, run_dir_removed=signum is not signal.SIGKILL)

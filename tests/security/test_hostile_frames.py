@@ -70,6 +70,7 @@ def _feed(data: bytes, chunk: int = 0) -> None:
 
 
 @settings(max_examples=3000, deadline=None)
+@pytest.mark.timeout(600)  # thousands of examples: minutes on a loaded machine
 @given(
     st.sampled_from(VALID),
     st.lists(st.tuples(st.integers(min_value=0), st.integers(min_value=0, max_value=7)), max_size=4),
@@ -84,6 +85,7 @@ def test_fuzz_mutated_and_truncated_frames(frame: Any, flips: list[tuple[int, in
 
 
 @settings(max_examples=1000, deadline=None)
+@pytest.mark.timeout(600)  # thousands of examples: minutes on a loaded machine
 @given(st.integers(min_value=0, max_value=2**32 - 1), st.binary(max_size=64))
 def test_fuzz_any_length_prefix(length: int, body: bytes) -> None:
     # Huge lengths (up to 4 GiB) are refused before any buffering; small ones read the body.
@@ -91,6 +93,7 @@ def test_fuzz_any_length_prefix(length: int, body: bytes) -> None:
 
 
 @settings(max_examples=3000, deadline=None)
+@pytest.mark.timeout(600)  # thousands of examples: minutes on a loaded machine
 @given(
     st.sampled_from(KINDS) | st.text(max_size=12),
     st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=6), ANY_VALUE, max_size=8),
@@ -101,6 +104,7 @@ def test_fuzz_wrong_types_and_unknown_kinds(kind: str, fields: dict[str, Any]) -
 
 
 @settings(max_examples=500, deadline=None)
+@pytest.mark.timeout(600)  # thousands of examples: minutes on a loaded machine
 @given(ANY_VALUE)
 def test_fuzz_bodies_that_are_not_maps(value: Any) -> None:
     body = msgspec.msgpack.encode(value)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +14,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).parent.parent / "engine"))
 
 from browser import Browser, chromium_path  # noqa: E402
+from missing_part import require  # noqa: E402
 from scenario import run_scenario  # noqa: E402
 
 
@@ -29,9 +30,7 @@ def scenario_trajectory(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def browser() -> Iterator[Browser]:
     """A headless Chromium for the session; skipped without one, except in CI (setup installs it)."""
     executable = chromium_path()
-    if executable is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing in CI: scripts/setup-system.sh installs it")
-        pytest.skip("chromium is not installed (apt-get install chromium); CI runs this test")
+    require(executable is not None, "chromium", "apt-get install chromium (scripts/setup-system.sh does it)")
+    assert executable is not None
     with Browser.launch(executable) as launched:
         yield launched

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from rlm_host.vm import VMConfig, VMDiedError, find_qemu, open_vm
+from rlm_host.vm import VMConfig, VMDiedError, open_vm
 from rlm_host.vm.accel import AccelChoice
 from rlm_host.vm.errors import ImageBuildError
 from rlm_host.vm.initramfs import InitramfsFile, write_cpio
 from rlm_host.vm.kernel import extract_vmlinux
 from rlm_host.vm.qemu import qemu_command
+from vm_plugin import require_qemu
 
 
 def _config(tmp_path: Path, **overrides: object) -> VMConfig:
@@ -67,8 +68,8 @@ def test_cpio_is_newc_and_aligned(tmp_path: Path) -> None:
     assert data[110:115] == b"init\0"
 
 
-@pytest.mark.skipif(find_qemu() is None, reason="qemu-system-x86_64 is not installed")
 async def test_qemu_that_cannot_start_raises_vm_died_error_with_its_message(tmp_path: Path) -> None:
+    require_qemu()
     config = _config(tmp_path, boot_timeout=30, accel=AccelChoice("tcg", "test"))
     with pytest.raises(VMDiedError) as caught:
         async with open_vm(config):

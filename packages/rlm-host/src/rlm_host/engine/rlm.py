@@ -407,17 +407,21 @@ class RlmEngine:
         Never raises (but ``Cancelled``): whoever waits for the session gets the error.
         """
         opening = state.opening
-        with opening.scope:
-            try:
-                connection = await self._connection()
-                opening.session = await connection.open_session(handler=handler)
-                await self.prepare(state)
-            except Exception as error:
-                opening.fail(error)
-                return
-            opening.succeed()
-        if not opening.done:
-            opening.fail(RlmError(f"RLM {state.id} ended before its session had opened"))
+        try:
+            with opening.scope:
+                try:
+                    connection = await self._connection()
+                    opening.session = await connection.open_session(handler=handler)
+                    await self.prepare(state)
+                except Exception as error:
+                    opening.fail(error)
+                    return
+                opening.succeed()
+        finally:
+            # Also when a cancellation from outside (the run's own) ends this task: ``close``
+            # waits, shielded, for the opening to settle.
+            if not opening.done:
+                opening.fail(RlmError(f"RLM {state.id} ended before its session had opened"))
 
     async def _overlapped(
         self,
