@@ -40,7 +40,7 @@ from .accel import AccelChoice, find_qemu, probe_accel
 from .errors import BootTimeoutError, VMDiedError, VMError
 from .guest_scripts import AGENT_PORT_NAME, CACHE_MOUNT_TAG
 
-__all__ = ["BootTimings", "VM", "VMConfig", "default_cpus", "open_vm", "qemu_command"]
+__all__ = ["BootTimings", "VM", "VMConfig", "console_excerpt", "default_cpus", "open_vm", "qemu_command"]
 
 # Kernel arguments. quiet: printing to the emulated UART is slow under TCG. panic=-1 with
 # -no-reboot: a guest panic (e.g. the agent, PID 1's child, taking init down) ends QEMU, which
@@ -59,6 +59,30 @@ _KERNEL_ARGS = (
 _QBOOT = Path("/usr/share/qemu/qboot.rom")
 _CONSOLE_TAIL_BYTES = 64 * 1024
 _INIT_LINE = re.compile(r"rlm-init: (.+?) ([0-9]+\.[0-9]+)(?: [0-9.]+)?\s*$")
+#: The first line of a kernel report that explains a death (printed even with ``quiet``). Its
+#: register dump, call trace and module list run past a 40-line tail, which then shows only the
+#: interrupted code and ``Kernel Offset``, not what the kernel complained about.
+_KERNEL_REPORT = re.compile(
+    r"(Kernel panic|BUG:|watchdog:|rcu: INFO|Oops|general protection fault|Out of memory|INFO: task .* blocked)"
+)
+
+
+def console_excerpt(text: str, max_lines: int = 40) -> str:
+    """The last ``max_lines`` lines of ``text``, preceded by the kernel report lines above them.
+
+    >>> log = "boot\\nwatchdog: BUG: soft lockup - CPU#1 stuck for 22s!\\n" + "trace\\n" * 50
+    >>> print(console_excerpt(log, max_lines=2))
+    watchdog: BUG: soft lockup - CPU#1 stuck for 22s!
+    [...]
+    trace
+    trace
+    """
+    lines = text.splitlines()
+    tail = lines[-max_lines:]
+    earlier = [line for line in lines[: max(0, len(lines) - max_lines)] if _KERNEL_REPORT.search(line)]
+    if not earlier:
+        return "\n".join(tail)
+    return "\n".join([*earlier[-10:], "[...]", *tail])
 
 
 def default_cpus() -> int:
@@ -248,7 +272,8 @@ class VM:
         return self.process.poll()
 
     def console_tail(self, max_lines: int = 40) -> str:
-        """The last ``max_lines`` lines of the guest console log."""
+        """The last ``max_lines`` lines of the guest console log, after the headlines of the
+        kernel's reports (panic, lockup, stall, oops) that came before them."""
         try:
             with self.console_path.open("rb") as f:
                 f.seek(0, os.SEEK_END)
@@ -256,7 +281,7 @@ class VM:
                 text = f.read().decode("utf-8", "replace")
         except OSError:
             return ""
-        return "\n".join(text.splitlines()[-max_lines:])
+        return console_excerpt(text, max_lines)
 
     async def death_detail(self) -> str:
         """QEMU's exit status and the console tail (for ``GuestConnection.open(death_detail=...)``).
