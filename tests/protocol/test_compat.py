@@ -25,6 +25,7 @@ import rlm_protocol.version
 from rlm_host import GuestConnection, HandshakeError, SessionError, open_local_guest
 from rlm_protocol import (
     PROTOCOL_MAJOR,
+    PROTOCOL_VERSION,
     Bye,
     ErrorFrame,
     ExecResult,
@@ -202,7 +203,7 @@ async def test_real_host_and_real_guest_of_different_majors_both_refuse(
             with trio.fail_after(TIMEOUT):
                 status = await stream.process.wait()
     assert status != 0
-    assert "host speaks protocol 2.0, this guest 1.0: majors differ" in log.read_text()
+    assert f"host speaks protocol 2.0, this guest {PROTOCOL_VERSION[0]}.{PROTOCOL_VERSION[1]}: majors differ" in log.read_text()
 
 
 # --- guest side ------------------------------------------------------------------------------
@@ -271,7 +272,7 @@ def test_guest_refuses_another_major_with_a_clear_error(peer: GuestPeer) -> None
     peer.send(Welcome(protocol=(PROTOCOL_MAJOR + 1, 0), host="h", host_version="2"))
     refusal = peer.receive(TIMEOUT)
     assert isinstance(refusal, ErrorFrame) and refusal.call is None
-    assert "host speaks protocol 2.0, this guest 1.0: majors differ" in refusal.message
+    assert f"host speaks protocol 2.0, this guest {PROTOCOL_VERSION[0]}.{PROTOCOL_VERSION[1]}: majors differ" in refusal.message
     # The guest closes the connection and exits with a failure status.
     with pytest.raises(CheckFailed, match="closed its stdout"):
         peer.receive(TIMEOUT)

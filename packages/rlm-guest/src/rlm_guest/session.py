@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
+import msgspec
+
 from rlm_protocol import (
     ExecError,
     ExecResult,
@@ -29,10 +31,15 @@ from rlm_protocol import (
     Language,
     OutputCapture,
     VarsState,
+    prompt_ref,
 )
 
 from .bash import kill_group, run_bash
 from .capture import Capture
+from .shared import write_kept
+
+#: ``keep(ref, fd)``: hand a memfd holding a prompt to the agent, to be kept under ``ref``.
+KeepPrompt = Callable[[str, int], None]
 
 __all__ = ["HostCallFailed", "HostCalls", "Session"]
 
@@ -78,14 +85,22 @@ class HostCalls:
         self._waiters: dict[int, _Waiter] = {}
         self._lock = threading.Lock()
 
-    def start(self, session: str, method: str, payload: dict[str, Any]) -> tuple[int, _Waiter]:
+    def start(
+        self,
+        session: str,
+        method: str,
+        payload: dict[str, Any] | Callable[[int], dict[str, Any]],
+    ) -> tuple[int, _Waiter]:
+        """Send a host call; ``payload`` may be a function of the call's id (made before the
+        call is sent)."""
         waiter = _Waiter()
         with self._lock:
             call = next(self._ids)
             # Registered before the frame goes out: the reply may beat us back.
             self._waiters[call] = waiter
         try:
-            self._send(HostCall(session=session, call=call, method=method, payload=payload))
+            body = payload(call) if callable(payload) else payload
+            self._send(HostCall(session=session, call=call, method=method, payload=body))
         except BaseException:
             self.forget(call)
             raise
@@ -195,8 +210,11 @@ class Session:
         max_output_chars: int,
         cwd: str | None,
         on_started: Callable[[int], None] = lambda call: None,
+        keep: KeepPrompt | None = None,
     ) -> None:
         self.id = session_id
+        #: Set when the host asked for ``rlm_query`` prompts by reference (``prompt_refs``).
+        self._keep = keep
         self._on_started = on_started
         self._send = send
         self.host_calls = host_calls
@@ -261,17 +279,38 @@ class Session:
         if isinstance(prompts, (str, bytes)):
             raise TypeError(f"{method}_batched expects a list of prompts, not a single string")
         # Every call is sent before any reply is awaited: the host runs them concurrently.
-        calls = [
-            self.host_calls.start(self.id, method, {"prompt": str(prompt), "model": model})
-            for prompt in prompts
-        ]
+        if method == "rlm_query":
+            calls = [self._start_rlm_query(str(prompt), model) for prompt in prompts]
+        else:
+            calls = [
+                self.host_calls.start(self.id, method, {"prompt": str(prompt), "model": model})
+                for prompt in prompts
+            ]
         return self.host_calls.wait(calls)
+
+    def _start_rlm_query(self, text: str, model: str | None) -> tuple[int, _Waiter]:
+        keep = self._keep
+        if keep is None:
+            return self.host_calls.start(self.id, "rlm_query", {"prompt": text, "model": model})
+        # By reference (PROTOCOL.md, 1.1 ``prompt_ref``): the text goes to the agent in a memfd
+        # and the host gets what the child's model is shown, so a 16 MiB fan-out no longer
+        # crosses the channel twice (to the host in the call, back in the child's set_vars).
+        data = text.encode("utf-8", "surrogatepass")
+        fd = write_kept(data)
+
+        def by_ref(call: int) -> dict[str, Any]:
+            ref = str(call)  # call ids are unique on the connection, so refs are too
+            keep(ref, fd)
+            return {"prompt_ref": msgspec.to_builtins(prompt_ref(ref, text, data)), "model": model}
+
+        try:
+            return self.host_calls.start(self.id, "rlm_query", by_ref)
+        finally:
+            os.close(fd)
 
     def rlm_query(self, prompt: object, model: str | None = None, **fields: Any) -> Any:
         """Ask a child RLM (its own session, depth + 1); at the depth limit, a plain chat call."""
-        return self.host_call(
-            "rlm_query", {"prompt": _prompt_with_fields(prompt, fields), "model": model}
-        )
+        return self.host_calls.wait([self._start_rlm_query(_prompt_with_fields(prompt, fields), model)])[0]
 
     def rlm_query_batched(self, prompts: Sequence[object], model: str | None = None) -> list[Any]:
         """Ask one child RLM per prompt, all at once; answers come back in prompt order."""

@@ -17,6 +17,7 @@ import trio
 
 from rlm_protocol import (
     CAPABILITIES,
+    PROMPT_REF,
     DEFAULT_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     Bye,
@@ -109,6 +110,8 @@ class GuestConnection:
         self._host_call_scopes: dict[str, set[trio.CancelScope]] = {}
         self._hello_event = trio.Event()
         self._hello: Hello | None = None
+        #: The capabilities this host said it will use (``Welcome.capabilities``).
+        self.capabilities: frozenset[str] = frozenset()
         self._death: GuestError | None = None
         self._death_detail = death_detail
         self._closed = trio.Event()
@@ -162,12 +165,14 @@ class GuestConnection:
         if hello is None:
             raise HandshakeError(f"the guest sent no Hello within {timeout:g} s")
         # Answer even on a mismatch, so that the guest can refuse too and say why.
+        used = tuple(c for c in hello.capabilities if c in CAPABILITIES)
+        self.capabilities = frozenset(used)
         await self.send(
             Welcome(
                 protocol=PROTOCOL_VERSION,
                 host="rlm-host",
                 host_version=_host_version(),
-                capabilities=tuple(c for c in hello.capabilities if c in CAPABILITIES),
+                capabilities=used,
             )
         )
         if not is_compatible(hello.protocol):
@@ -301,15 +306,19 @@ class GuestConnection:
     # --- sessions ----------------------------------------------------------------------------
 
     async def open_session(
-        self, *, handler: HostCallHandler | None = None, cwd: str | None = None
+        self, *, handler: HostCallHandler | None = None, cwd: str | None = None, prompt_refs: bool = False
     ) -> Session:
         """Open a fresh session whose host calls are served by ``handler``.
 
-        Without a handler, every host call fails in the guest with ``NoHandler``.
+        Without a handler, every host call fails in the guest with ``NoHandler``. With
+        ``prompt_refs`` and a guest that has the ``prompt_ref`` capability, ``rlm_query`` in the
+        session sends a ``PromptRef`` (payload ``prompt_ref``) instead of the prompt's text;
+        ``Session.bind_refs`` binds it in another session (PROTOCOL.md, 1.1).
         """
         from .session import Session
 
-        return await Session.open(self, handler=handler, cwd=cwd)
+        refs = prompt_refs and PROMPT_REF in self.capabilities
+        return await Session.open(self, handler=handler, cwd=cwd, prompt_refs=refs)
 
     def register_session(self, session_id: str, handler: HostCallHandler | None) -> None:
         self._handlers[session_id] = handler

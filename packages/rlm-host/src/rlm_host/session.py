@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from rlm_protocol import (
+    BindRefs,
     CloseSession,
     Exec,
     ExecResult,
@@ -63,6 +64,7 @@ class Session:
         *,
         handler: HostCallHandler | None = None,
         cwd: str | None = None,
+        prompt_refs: bool = False,
     ) -> Session:
         session = cls(connection, connection.new_session_id(), handler)
         # Registered first: a host call can only come after the session exists in the guest,
@@ -71,7 +73,9 @@ class Session:
         call = connection.new_call()
         try:
             reply = await connection.request(
-                OpenSession(session=session.id, call=call, cwd=cwd), call, SessionOpened
+                OpenSession(session=session.id, call=call, cwd=cwd, prompt_refs=prompt_refs),
+                call,
+                SessionOpened,
             )
         except BaseException as error:
             connection.unregister_session(session.id)
@@ -101,6 +105,22 @@ class Session:
         call = self.connection.new_call()
         reply = await self.connection.request(
             SetVars(session=self.id, call=call, values=dict(values)), call, VarsSet
+        )
+        self.state = reply.state
+        return reply.state
+
+    async def bind_refs(self, refs: Mapping[str, str]) -> VarsState:
+        """Bind, under each name, the prompt the guest keeps under the ref (``PromptRef.ref``
+        of an ``rlm_query`` from another session); also unsets ``Final``.
+
+        Raises:
+            SessionError: code ``unknown_ref`` when the guest keeps no such prompt (the session
+                that made it has closed), or the guest lacks ``prompt_ref`` (``bad_request``).
+        """
+        self._check_open()
+        call = self.connection.new_call()
+        reply = await self.connection.request(
+            BindRefs(session=self.id, call=call, refs=dict(refs)), call, VarsSet
         )
         self.state = reply.state
         return reply.state

@@ -18,7 +18,7 @@ and rewording a docstring must not force a protocol release.
 
 >>> doc = schema_document()
 >>> doc["x-protocol-version"], doc["discriminator"]["propertyName"]
-([1, 0], 'kind')
+([1, 1], 'kind')
 >>> doc["$defs"]["Exec"]["x-direction"]
 'host_to_guest'
 """
