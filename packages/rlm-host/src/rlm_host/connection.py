@@ -9,7 +9,7 @@ with the same ``GuestDiedError``.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -97,6 +97,7 @@ class GuestConnection:
         *,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         death_detail: Callable[[], Awaitable[str]] | None = None,
+        cpu_waits: Callable[[], Mapping[int, float]] | None = None,
     ) -> None:
         self._stream = stream
         self._nursery = nursery
@@ -114,6 +115,9 @@ class GuestConnection:
         self.capabilities: frozenset[str] = frozenset()
         self._death: GuestError | None = None
         self._death_detail = death_detail
+        #: Seconds each thread running the guest has waited for a host CPU (``rlm_host.starvation``);
+        #: a verdict that the guest is hung does not count that time.
+        self.cpu_waits: Callable[[], Mapping[int, float]] = cpu_waits or dict
         self._closed = trio.Event()
         self._bye = False
 
@@ -128,11 +132,14 @@ class GuestConnection:
         handshake_timeout: float = 60.0,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         death_detail: Callable[[], Awaitable[str]] | None = None,
+        cpu_waits: Callable[[], Mapping[int, float]] | None = None,
     ) -> AsyncIterator[GuestConnection]:
         """Run the reader, complete the handshake, yield the connection, close it on exit.
 
         ``death_detail`` is awaited (for at most a second) when the guest dies, to add
-        diagnosis such as the exit status or a VM console tail.
+        diagnosis such as the exit status or a VM console tail. ``cpu_waits`` gives the seconds
+        each thread that runs the guest has waited for a host CPU (``VM.cpu_waits``): the host
+        does not count them when it decides that the guest is hung.
 
         Raises:
             HandshakeError: no ``Hello`` within ``handshake_timeout`` or an incompatible major.
@@ -141,7 +148,8 @@ class GuestConnection:
         try:
             async with trio.open_nursery() as nursery:
                 connection = cls(
-                    stream, nursery, max_frame_bytes=max_frame_bytes, death_detail=death_detail
+                    stream, nursery, max_frame_bytes=max_frame_bytes, death_detail=death_detail,
+                    cpu_waits=cpu_waits,
                 )
                 nursery.start_soon(connection._reader)
                 try:

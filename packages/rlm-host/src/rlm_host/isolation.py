@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from .connection import GuestConnection
+from .starvation import thread_waits
 from .transport import open_local_guest
 
 __all__ = ["Isolation", "GuestOptions", "open_guest"]
@@ -39,7 +40,7 @@ async def open_guest(options: GuestOptions = GuestOptions()) -> AsyncIterator[Gu
     """
     if options.isolation is Isolation.local:
         async with open_local_guest() as stream, GuestConnection.open(
-            stream, death_detail=stream.death_detail
+            stream, death_detail=stream.death_detail, cpu_waits=lambda: thread_waits(stream.process.pid)
         ) as connection:
             yield connection
         return
