@@ -197,7 +197,7 @@ async def test_real_host_and_real_guest_of_different_majors_both_refuse(
     log = tmp_path / "guest.log"
     with log.open("wb") as stderr:
         async with open_local_guest(GUEST, stderr=stderr) as stream:
-            with pytest.raises(HandshakeError, match=r"protocol 1\.0, this host 2\.0.*majors differ"):
+            with pytest.raises(HandshakeError, match=rf"protocol {PROTOCOL_VERSION[0]}\.{PROTOCOL_VERSION[1]}, this host 2\.0.*majors differ"):
                 async with GuestConnection.open(stream, handshake_timeout=TIMEOUT):
                     pass
             with trio.fail_after(TIMEOUT):
