@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import json
+import logging
 import os
 import re
 import shlex
@@ -61,6 +62,7 @@ _KERNEL_ARGS = (
     "softlockup_panic=0",
 )
 _QBOOT = Path("/usr/share/qemu/qboot.rom")
+_log = logging.getLogger(__name__)
 _CONSOLE_TAIL_BYTES = 64 * 1024
 _INIT_LINE = re.compile(r"rlm-init: (.+?) ([0-9]+\.[0-9]+)(?: [0-9.]+)?\s*$")
 #: The first line of a kernel report that explains a death (printed even with ``quiet``). Its
@@ -306,6 +308,18 @@ class VM:
         state = f"qemu (pid {self.pid}) " + ("is still running" if code is None else f"exited with status {code}")
         return state + "\n--- guest console (tail) ---\n" + self.console_tail()
 
+    def _report_kernel_complaints(self) -> None:
+        # A guest that lived through a kernel report (a soft lockup, an RCU stall: a slow TCG
+        # guest on a loaded host) is a warning, not a death; the report says where it was.
+        try:
+            text = self.console_path.read_bytes()[-_CONSOLE_TAIL_BYTES:].decode("utf-8", "replace")
+        except OSError:
+            return
+        lines = text.splitlines()
+        first = next((i for i, line in enumerate(lines) if _KERNEL_REPORT.search(line)), None)
+        if first is not None:
+            _log.warning("the guest kernel complained (the VM lived on):\n%s", "\n".join(lines[first : first + 30]))
+
     def qemu_stderr(self) -> str:
         """What QEMU itself printed (argument errors, assertion failures)."""
         try:
@@ -543,6 +557,8 @@ async def open_vm(config: VMConfig) -> AsyncIterator[VM]:
         vm.kill()
         if vm._died:
             died = vm.died_error()  # before the run directory (and QEMU's stderr) goes
+        else:
+            vm._report_kernel_complaints()
         if config.console_log is None:
             shutil.rmtree(run_dir, ignore_errors=True)
     if died is not None:
