@@ -90,6 +90,22 @@ async def test_killed_qemu_raises_typed_error_quickly(vm_config: VMConfig) -> No
     assert "rlm-init" in caught.value.console_tail
 
 
+async def test_a_kernel_report_in_a_vm_that_lived_on_is_a_warning(
+    vm_config: VMConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The guest kernel's complaint (here written to its log as a soft lockup would be) is
+    reported when the VM closes; the VM itself was not harmed."""
+    report = "watchdog: BUG: soft lockup - CPU#1 stuck for 23s! [written-by-test:1]"
+    with trio.fail_after(300):
+        async with open_vm(vm_config) as vm, GuestConnection.open(vm.stream, death_detail=vm.death_detail) as conn:
+            async with await conn.open_session() as session:
+                # Level 2 (critical): printed on the console despite ``quiet``, as the real one.
+                result = await session.exec(f"echo '<2>{report}' > /dev/kmsg; echo ok", "bash")
+            assert result.stdout.text.strip() == "ok"
+    warnings = [r.getMessage() for r in caplog.records if r.name == "rlm_host.vm.qemu"]
+    assert any(report in message for message in warnings), warnings
+
+
 async def test_restored_guests_do_not_share_randomness(vm_config: VMConfig) -> None:
     # Every VM resumes the same snapshot; vmgenid must make the guest kernel reseed.
     samples = []
