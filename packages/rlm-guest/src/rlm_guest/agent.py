@@ -494,9 +494,11 @@ class Agent:
         if not worker.received:
             raise RemoteProtocolError("keep_ref came without its prompt")
         fd = worker.received.popleft()
-        old = self._kept.pop(frame.ref, None)
-        if old is not None:
-            os.close(old.fd)
+        if frame.ref in self._kept:
+            # Refs are call ids, unique on the connection: a second one is forged, and must not
+            # replace a prompt another session's child is about to bind.
+            os.close(fd)
+            raise RemoteProtocolError(f"ref {frame.ref!r} is already kept")
         self._kept[frame.ref] = _Kept(fd=fd, owner=worker.session)
 
     def _drop_kept(self, session: str | None = None) -> None:
