@@ -50,7 +50,7 @@ def _boot(quick: bool) -> dict[str, Any]:
 
 async def _engine(quick: bool) -> dict[str, Any]:
     config = prepare_vm_config(snapshot=True)
-    async with open_vm(config) as vm, GuestConnection.open(vm.stream, death_detail=vm.death_detail) as conn:
+    async with open_vm(config) as vm, GuestConnection.open(vm.stream, death_detail=vm.death_detail, cpu_waits=vm.cpu_waits) as conn:
         return await run_engine_workloads(conn, quick=quick)
 
 

@@ -31,7 +31,7 @@ async def one_run(config: VMConfig) -> dict[str, Any]:
     started = time.monotonic()
     async with open_vm(config) as vm:
         ready = time.monotonic() - started
-        async with GuestConnection.open(vm.stream, death_detail=vm.death_detail) as conn:
+        async with GuestConnection.open(vm.stream, death_detail=vm.death_detail, cpu_waits=vm.cpu_waits) as conn:
             handshake = time.monotonic() - started
             async with await conn.open_session() as session:
                 t = time.monotonic()

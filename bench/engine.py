@@ -157,6 +157,13 @@ async def run_engine_workloads(conn: GuestConnection, *, quick: bool) -> dict[st
     out["ours"]["step_parts"] = {key: _median(values) for key, values in parts.items()}
     out["ours"]["children_8"] = _median([(await _ours(conn, children, small, tmp))["gaps"][0] for _ in range(repeats)])
     out["ours"]["leaves_8"] = _median([(await _ours(conn, leaves, small, tmp))["gaps"][0] for _ in range(repeats)])
+    # 8 children over a 16 MiB prompt cut in 8 pieces, against the same over 64 KiB: what the
+    # pieces' size costs (no model latency; the step after the prompt is bound).
+    fanout = Workload("fanout", fanout=8)
+    big = prompt_text(16 * MIB)
+    out["ours"]["fanout_16mib"] = _median([(await _ours(conn, fanout, big, tmp))["gaps"][1] for _ in range(repeats)])
+    out["ours"]["fanout_64kib"] = _median([(await _ours(conn, fanout, small, tmp))["gaps"][1] for _ in range(repeats)])
+    del big
     firsts = [await trio.to_thread.run_sync(_first_request_ours, big_file, tmp) for _ in range(repeats)]
     out["ours"]["start_to_first_request"] = _median([f["to_first_request"] for f in firsts])
     if error is None:

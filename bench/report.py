@@ -79,6 +79,10 @@ def table(r: dict[str, Any]) -> str:
         rows.append(("`rlm run` start to first request (16 MiB)", _s(o.get("start_to_first_request")), cmp("start_to_first_request"), "≤ rlms"))
         rows.append(("8 batched children, 1 s latency", _s(o.get("children_8")), cmp("children_8"), "≤ 1.1 s"))
         rows.append(("8 batched leaf calls, 1 s latency", _s(o.get("leaves_8")), cmp("leaves_8"), ""))
+        big, small = o.get("fanout_16mib"), o.get("fanout_64kib")
+        if big is not None and small is not None:
+            rows.append(("8 children over 16 MiB in 8 pieces, no latency", _s(big),
+                         f"same over 64 KiB {_s(small)}: +{big - small:.2f} s", "≤ +0.2 s"))
     head = (f"{r['date']}, {m['cores']} cores, accel {m['accel']}, load average {m['load_average_at_start'][0]:.1f} at start"
             f"{' (--quick)' if r.get('quick') else ''}; rlms {en.get('rlms_version', '–')}\n\n")
     lines = ["| workload | ours | beside it | goal |", "|---|---|---|---|"]

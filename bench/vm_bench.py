@@ -268,7 +268,7 @@ async def run_vm_workloads(config: VMConfig, *, quick: bool) -> dict[str, Any]:
         config, snapshot_compatible=False, restore_from=None, extra_ports=("rlm.bench",), extra_uart=True,
         extra_kernel_args=(*config.extra_kernel_args, "8250.nr_uarts=2"),
     )
-    async with open_vm(config) as vm, GuestConnection.open(vm.stream, death_detail=vm.death_detail) as conn:
+    async with open_vm(config) as vm, GuestConnection.open(vm.stream, death_detail=vm.death_detail, cpu_waits=vm.cpu_waits) as conn:
         channel = await channel_workloads(vm, conn, sizes, seed_sizes, repeat=2 if quick else 3)
         execs = await exec_workloads(conn, repeat=100 if quick else 300, concurrency=[1, 8, 64], blocks=3 if quick else 5)
     return {"channel": channel, "exec": execs, "boot_of_this_vm": vm.timings.as_dict()}

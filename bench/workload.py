@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Kind = Literal["steps", "children", "leaves", "first_request"]
+Kind = Literal["steps", "children", "leaves", "first_request", "fanout"]
 
 _STEP = re.compile(r"# bench-step (\d+)")
 
@@ -74,6 +74,14 @@ class Script:
         if w.kind == "children" and step == 0:
             prompts = f"[f'child task {{i}}' for i in range({w.fanout})]"
             return _block(flavour, marker + f"r = rlm_query_batched({prompts})\nprint(len(r))")
+        if w.kind == "fanout" and step == 0:
+            # A first step, so that the next one (measured) does not include binding the prompt.
+            return _block(flavour, marker + "print(len(prompt))")
+        if w.kind == "fanout" and step == 1:
+            # The RLM's central move: cut the prompt in pieces and hand each to a child.
+            code = (f"n = len(prompt) // {w.fanout}\n"
+                    f"r = rlm_query_batched([prompt[i * n:(i + 1) * n] for i in range({w.fanout})])\nprint(len(r))")
+            return _block(flavour, marker + code)
         if w.kind == "leaves" and step == 0:
             prompts = f"[f'leaf task {{i}}' for i in range({w.fanout})]"
             return _block(flavour, marker + f"r = llm_query_batched({prompts})\nprint(len(r))")

@@ -15,7 +15,7 @@ import trio
 from engine_harness import fence, local_options
 from rlm_host.api import resume_rlm, run_rlm
 from rlm_host.tools import load_tool
-from rlm_host.trajectory import Resumed, RunStart, read_trajectory
+from rlm_host.trajectory import ChildStart, Resumed, RunStart, read_trajectory
 from scripted_model import ChatRequest, Hang, Outcome, ScriptedModel
 
 RUN_APP = (
@@ -79,6 +79,10 @@ async def test_a_killed_run_resumes_to_the_same_final(tmp_path: Path, monkeypatc
             process.kill()  # a crash: nothing gets to write run_end
             process.communicate()
     assert b'"event":"run_end"' not in first.read_bytes()
+    # The child's prompt stayed in the guest (protocol 1.1): the replay below matches its call by
+    # the digest the guest sent.
+    (child,) = [e for e in read_trajectory(first) if isinstance(e, ChildStart)]
+    assert child.prompt_in_guest and child.prompt_blake2b and not child.prompt_sha256
     assert (tmp_path / "calls.txt").read_text() == "k\n"
 
     second = tmp_path / "second.jsonl"

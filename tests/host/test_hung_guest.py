@@ -10,6 +10,7 @@ import trio
 
 import rlm_host.session
 from rlm_host import GuestConnection, GuestDiedError, open_local_guest
+from rlm_host.starvation import thread_waits
 
 
 async def test_a_block_without_an_answer_past_its_timeout_ends_the_guest(
@@ -40,3 +41,46 @@ async def test_a_block_without_a_timeout_is_waited_for(monkeypatch: pytest.Monke
         result = await session.exec("import time; time.sleep(1.5); Final = 'slept'")
         assert result.final is not None and result.final.value == "slept"
         assert not connection.closed
+
+
+async def test_a_guest_starved_of_cpu_is_not_declared_hung(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Time the guest waited for a host CPU does not count toward the hung verdict.
+
+    The guest here gets no CPU at all (stopped), and the host is told that its threads waited
+    for a CPU the whole time, as on a host loaded beyond its cores: the block is waited for past
+    its verdict, and its result arrives once the guest runs again.
+    """
+    monkeypatch.setattr(rlm_host.session, "HUNG_GUEST_SECONDS", 0.5)
+    async with open_local_guest() as stream:
+        stopped_at: list[float] = []
+
+        def all_starved() -> dict[int, float]:
+            # The wait of a thread that has been runnable, and not running, since the stop.
+            return {1: (trio.current_time() - stopped_at[0]) if stopped_at else 0.0}
+
+        async with GuestConnection.open(stream, cpu_waits=all_starved) as connection:
+            session = await connection.open_session()
+            assert (await session.exec("x = 1")).error is None
+            os.kill(stream.process.pid, signal.SIGSTOP)
+            stopped_at.append(trio.current_time())
+            verdict_due = 0.2 + 0.5  # the block's timeout plus HUNG_GUEST_SECONDS
+
+            async def resume_later() -> None:
+                await trio.sleep(3 * verdict_due)
+                os.kill(stream.process.pid, signal.SIGCONT)
+
+            try:
+                with trio.fail_after(60):  # a guard against the hang itself
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(resume_later)
+                        result = await session.exec("x = 2; Final = x", timeout=0.2)
+            finally:
+                os.kill(stream.process.pid, signal.SIGCONT)
+            assert result.final is not None and result.final.value == 2
+            assert not connection.closed
+
+
+def test_thread_waits_reads_this_process() -> None:
+    """The real source of the figures: this process's threads, from /proc."""
+    waits = thread_waits(os.getpid())
+    assert os.getpid() in waits and all(wait >= 0 for wait in waits.values())

@@ -51,7 +51,7 @@ SAMPLES = [
 
 def test_every_frame_kind_has_a_unique_tag() -> None:
     tags = [t.__struct_config__.tag for t in AnyFrame.__args__]
-    assert len(tags) == len(set(tags)) == 16
+    assert len(tags) == len(set(tags)) == 17
 
 
 @pytest.mark.parametrize("frame", SAMPLES, ids=lambda f: type(f).__name__)

@@ -31,6 +31,7 @@ from rlm_protocol import (
     CAPABILITIES,
     DEFAULT_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
+    BindRefs,
     Bye,
     Captured,
     CloseSession,
@@ -59,7 +60,15 @@ from . import __version__
 from .cgroups import SessionCgroups
 from .channel import Channel
 from .processes import become_subreaper, kill_session, kill_strays, reap_children
-from .shared import KEEP_AT_MOST, SharedBuffer, SharedFrame
+from .shared import (
+    ANCILLARY_BYTES,
+    KEEP_AT_MOST,
+    MAX_FDS_PER_MESSAGE,
+    KeepRef,
+    SharedBuffer,
+    SharedFrame,
+    received_fds,
+)
 
 # Imported here, before any fork, so that every session process starts with the session code
 # already loaded: imported in the child, it cost each new session's first block ~40 ms natively
@@ -107,6 +116,17 @@ _WORKER_FRAMES = frozenset({"set_vars", "exec", "host_call_reply"})
 _SHARED_KINDS = frozenset({"set_vars", "host_call_reply"})
 
 
+_keep_ref_decoder = msgspec.msgpack.Decoder(KeepRef)
+
+
+@dataclass(eq=False)
+class _Kept:
+    """A prompt kept for ``bind_refs`` (1.1): its memfd, and the session it lives as long as."""
+
+    fd: int
+    owner: str
+
+
 class _Stop(Exception):
     """Leave the serve loop (``shutdown``)."""
 
@@ -122,10 +142,12 @@ class _Worker:
     decoder: FrameDecoder
     #: Frames (or what is left of one) waiting for the session's socket, never copied again:
     #: appending to and trimming one bytearray moved the rest of a 16 MiB frame per send. Each
-    #: may carry a descriptor to pass along (and close once sent).
-    outgoing: collections.deque[tuple[memoryview, int | None]] = field(
+    #: may carry descriptors to pass along (and close once sent).
+    outgoing: collections.deque[tuple[memoryview, tuple[int, ...]]] = field(
         default_factory=collections.deque
     )
+    #: Descriptors received from the process, in order, for its ``keep_ref`` frames.
+    received: collections.deque[int] = field(default_factory=collections.deque)
     #: Whether the selector watches the socket for room to write.
     waiting_to_write: bool = False
     #: Shared buffers lent to the process, oldest first (it releases them in that order).
@@ -146,6 +168,8 @@ class _Worker:
     cgroup: str | None = None
     #: ``cgroup.kill`` was written: the teardown left is waiting for the cgroup to empty.
     killed: bool = False
+    #: ``OpenSession.prompt_refs`` (kept for a reset's fresh process).
+    prompt_refs: bool = False
 
 
 class Agent:
@@ -186,6 +210,8 @@ class Agent:
         self._closing: collections.deque[tuple[_Worker, CloseSession, float]] = collections.deque()
         #: Reused for every read from a session (no 1 MiB allocation per ``recv``).
         self._receive_buffer = memoryview(bytearray(1 << 20))
+        #: Prompts kept by reference (``keep_ref``), by ref.
+        self._kept: dict[str, _Kept] = {}
         # Orphans of model code become our children, so that kill_strays finds them.
         become_subreaper()
         #: One cgroup per session process (``cgroups=True``: in a VM, where the agent is root).
@@ -197,6 +223,7 @@ class Agent:
             "interrupt": self._on_interrupt,
             "shutdown": self._on_shutdown,
             "exec": self._on_shutdown,  # dispatched with its raw bytes in ``_from_host``
+            "bind_refs": self._on_shutdown,  # likewise
         }
 
     # --- output to the host -----------------------------------------------------------------
@@ -332,6 +359,8 @@ class Agent:
             frame = decode_body(memoryview(raw)[4:])
             if isinstance(frame, Exec):
                 self._on_exec(frame, raw)
+            elif isinstance(frame, BindRefs):
+                self._on_bind_refs(frame, raw)
             elif not isinstance(frame, UnknownFrame):
                 handler(frame)
             return
@@ -375,7 +404,7 @@ class Agent:
         assert worker is not None
         worker.lent.append(buffer)
         notice = self._encoder.encode(SharedFrame(session=worker.session))
-        worker.outgoing.append((memoryview(notice), buffer.reader_fd()))
+        worker.outgoing.append((memoryview(notice), (buffer.reader_fd(),)))
         self._flush_to(worker)
 
     def _take_buffer(self, size: int) -> SharedBuffer:
@@ -437,8 +466,54 @@ class Agent:
                 frame.session, frame.call,
             )
             return
-        self._spawn(frame.session, frame.cwd)
+        self._spawn(frame.session, frame.cwd, frame.prompt_refs)
         self.send(SessionOpened(session=frame.session, call=frame.call))
+
+    def _on_bind_refs(self, frame: BindRefs, raw: bytes | bytearray) -> None:
+        worker = self._workers.get(frame.session)
+        if worker is None:
+            self._unknown_session(frame.session, frame.call)
+            return
+        if len(frame.refs) > MAX_FDS_PER_MESSAGE:
+            self._refuse(
+                "too_large", f"at most {MAX_FDS_PER_MESSAGE} refs per bind_refs",
+                frame.session, frame.call,
+            )
+            return
+        missing = [ref for ref in frame.refs.values() if ref not in self._kept]
+        if missing:
+            self._refuse(
+                "unknown_ref", f"no prompt is kept under {missing[0]!r}", frame.session, frame.call
+            )
+            return
+        fds = []
+        for ref in frame.refs.values():
+            kept = self._kept[ref]
+            # The session that binds a prompt keeps it alive (to bind it again after a reset).
+            kept.owner = frame.session
+            # Read-only, so that the session cannot change what a reset binds again.
+            fds.append(os.open(f"/proc/self/fd/{kept.fd}", os.O_RDONLY | os.O_CLOEXEC))
+        worker.outgoing.append((memoryview(raw), tuple(fds)))
+        self._flush_to(worker)
+
+    def _on_keep_ref(self, worker: _Worker, raw: bytes | bytearray) -> None:
+        frame = _keep_ref_decoder.decode(memoryview(raw)[4:])
+        if not worker.received:
+            raise RemoteProtocolError("keep_ref came without its prompt")
+        fd = worker.received.popleft()
+        if frame.ref in self._kept:
+            # Refs are call ids, unique on the connection: a second one is forged, and must not
+            # replace a prompt another session's child is about to bind.
+            os.close(fd)
+            raise RemoteProtocolError(f"ref {frame.ref!r} is already kept")
+        self._kept[frame.ref] = _Kept(fd=fd, owner=worker.session)
+
+    def _drop_kept(self, session: str | None = None) -> None:
+        """Forget the prompts kept for ``session`` (every prompt when None)."""
+        for ref, kept in list(self._kept.items()):
+            if session is None or kept.owner == session:
+                del self._kept[ref]
+                os.close(kept.fd)
 
     def _on_exec(self, frame: Exec, raw: bytes | bytearray) -> None:
         worker = self._workers.get(frame.session)
@@ -480,6 +555,7 @@ class Agent:
         # spare's fork, and waits until no frame is ready (at most _CLOSE_AT_THE_LATEST): when
         # a parent's children end together, their closes must not hold up the parent's result.
         self._discard(worker, wait=False)
+        self._drop_kept(frame.session)
         self._closing.append((worker, frame, time.monotonic()))
 
     def _finish_close(self) -> None:
@@ -499,13 +575,14 @@ class Agent:
 
     # --- session processes ------------------------------------------------------------------
 
-    def _spawn(self, session: str, cwd: str | None) -> _Worker:
+    def _spawn(self, session: str, cwd: str | None, prompt_refs: bool = False) -> _Worker:
         """Give ``session`` a fresh process: the spare if there is one."""
         worker, self._spare = self._spare, None
         if worker is None:
             worker = self._fork_worker()
-        worker.session, worker.cwd = session, cwd
-        self._to_worker(worker, self._encoder.encode(Activate(session=session, cwd=cwd)))
+        worker.session, worker.cwd, worker.prompt_refs = session, cwd, prompt_refs
+        activate = Activate(session=session, cwd=cwd, prompt_refs=prompt_refs)
+        self._to_worker(worker, self._encoder.encode(activate))
         self._workers[session] = worker
         return worker
 
@@ -562,6 +639,10 @@ class Agent:
             worker.sock.close()
             for buffer in worker.lent:
                 buffer.close()
+            for fd in worker.received:
+                os.close(fd)
+        for kept in self._kept.values():
+            os.close(kept.fd)
         if self._pool is not None:
             self._pool.close()
         self._selector.close()
@@ -579,10 +660,12 @@ class Agent:
         self._by_fd.pop(worker.sock.fileno(), None)
         self._selector.unregister(worker.sock)
         worker.sock.close()
-        for _, fd in worker.outgoing:
-            if fd is not None:
+        for _, fds in worker.outgoing:
+            for fd in fds:
                 os.close(fd)
         worker.outgoing.clear()
+        while worker.received:
+            os.close(worker.received.popleft())
         while worker.lent:
             self._give_back(worker.lent.popleft())
         if not wait:
@@ -647,6 +730,7 @@ class Agent:
             self._finish_discard(self._closing.popleft()[0])
         for worker in list(self._workers.values()):
             self._discard(worker)
+        self._drop_kept()
         if self._spare is not None:
             self._discard(self._spare)
         if self._sweep_due is not None:
@@ -671,7 +755,7 @@ class Agent:
         """Replace a session's process with a fresh one, answering the block that was running."""
         call, interrupted = worker.running, worker.grace is not None
         self._discard(worker)
-        fresh = self._spawn(worker.session, worker.cwd)
+        fresh = self._spawn(worker.session, worker.cwd, worker.prompt_refs)
         if call is None:
             fresh.lost = True
             return
@@ -690,32 +774,33 @@ class Agent:
     # --- relaying ---------------------------------------------------------------------------
 
     def _to_worker(self, worker: _Worker, data: bytes | bytearray) -> None:
-        worker.outgoing.append((memoryview(data), None))
+        worker.outgoing.append((memoryview(data), ()))
         self._flush_to(worker)
 
     def _flush_to(self, worker: _Worker) -> None:
         outgoing = worker.outgoing
         while outgoing:
-            data, fd = outgoing[0]
+            data, fds = outgoing[0]
             try:
-                if fd is None:
+                if not fds:
                     sent = worker.sock.send(data)
                 else:
                     sent = worker.sock.sendmsg(
-                        [data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", [fd]).tobytes())]
+                        [data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", fds).tobytes())]
                     )
-                    os.close(fd)  # the process has its own copy now
+                    for fd in fds:
+                        os.close(fd)  # the process has its own copy now
             except BlockingIOError:
                 break
             except OSError:
                 # The process is gone; its EOF will be handled.
                 for _, pending in outgoing:
-                    if pending is not None:
-                        os.close(pending)
+                    for fd in pending:
+                        os.close(fd)
                 outgoing.clear()
                 break
             if sent < len(data):
-                outgoing[0] = (data[sent:], None)
+                outgoing[0] = (data[sent:], ())
                 break
             outgoing.popleft()
         if worker.waiting_to_write != bool(outgoing):
@@ -726,11 +811,16 @@ class Agent:
 
     def _from_worker(self, worker: _Worker) -> None:
         try:
-            data = self._receive_buffer[: worker.sock.recv_into(self._receive_buffer)]
+            count, ancillary, _, _ = worker.sock.recvmsg_into(
+                [self._receive_buffer], ANCILLARY_BYTES, socket.MSG_CMSG_CLOEXEC
+            )
+            data = self._receive_buffer[:count]
         except BlockingIOError:
             return
         except OSError:
-            data = self._receive_buffer[:0]
+            data, ancillary = self._receive_buffer[:0], []
+        if ancillary:
+            worker.received.extend(received_fds(ancillary))
         if worker is self._spare:
             # A spare has nothing to say; it ended (or broke): fork another when one is due.
             self._discard(worker)
@@ -748,6 +838,13 @@ class Agent:
             if envelope.kind == "buffer_released":
                 if worker.lent:
                     self._give_back(worker.lent.popleft())
+                continue
+            if envelope.kind == "keep_ref":
+                try:
+                    self._on_keep_ref(worker, raw)
+                except (ProtocolError, msgspec.ValidationError) as error:
+                    self._reset(worker, ExecError(name="SessionDied", value=f"protocol error: {error}"))
+                    return
                 continue
             if envelope.kind == "block_started":
                 if envelope.call == worker.running:

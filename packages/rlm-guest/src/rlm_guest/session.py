@@ -30,11 +30,17 @@ from rlm_protocol import (
     HostCallError,
     Language,
     OutputCapture,
+    PromptRef,
     VarsState,
+    prompt_ref,
 )
 
 from .bash import kill_group, run_bash
 from .capture import Capture
+from .shared import write_kept
+
+#: ``keep(ref, fd)``: hand a memfd holding a prompt to the agent, to be kept under ``ref``.
+KeepPrompt = Callable[[str, int], None]
 
 __all__ = ["HostCallFailed", "HostCalls", "Session"]
 
@@ -80,14 +86,22 @@ class HostCalls:
         self._waiters: dict[int, _Waiter] = {}
         self._lock = threading.Lock()
 
-    def start(self, session: str, method: str, payload: dict[str, Any]) -> tuple[int, _Waiter]:
+    def start(
+        self,
+        session: str,
+        method: str,
+        payload: dict[str, Any] | Callable[[int], dict[str, Any]],
+    ) -> tuple[int, _Waiter]:
+        """Send a host call; ``payload`` may be a function of the call's id (made before the
+        call is sent)."""
         waiter = _Waiter()
         with self._lock:
             call = next(self._ids)
             # Registered before the frame goes out: the reply may beat us back.
             self._waiters[call] = waiter
         try:
-            self._send(HostCall(session=session, call=call, method=method, payload=payload))
+            body = payload(call) if callable(payload) else payload
+            self._send(HostCall(session=session, call=call, method=method, payload=body))
         except BaseException:
             self.forget(call)
             raise
@@ -134,6 +148,44 @@ class HostCalls:
                 raise HostCallFailed(f"{waiter.error.name}: {waiter.error.message}")
             values.append(waiter.value)
         return values
+
+
+def _keep_text(text: str) -> tuple[int, PromptRef]:
+    """A memfd holding ``text`` (UTF-8) and its ``PromptRef`` (``ref`` still to be set)."""
+    data = text.encode("utf-8", "surrogatepass")
+    fd = write_kept(data)
+    try:
+        return fd, prompt_ref("", text, data)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _keep_texts(texts: list[str]) -> list[tuple[int, PromptRef]]:
+    """``_keep_text`` of each text, on two threads (a thread, not a pool: the agent imports this
+    module before every fork, and ``concurrent.futures`` would add to its start)."""
+    results: list[tuple[int, PromptRef] | BaseException | None] = [None] * len(texts)
+
+    def work(indexes: range) -> None:
+        for i in indexes:
+            try:
+                results[i] = _keep_text(texts[i])
+            except BaseException as error:  # re-raised below, on the calling thread
+                results[i] = error
+
+    helper = threading.Thread(target=work, args=(range(1, len(texts), 2),), daemon=True)
+    helper.start()
+    try:
+        work(range(0, len(texts), 2))
+    finally:
+        helper.join()
+    kept = [r for r in results if isinstance(r, tuple)]
+    failed = next((r for r in results if isinstance(r, BaseException)), None)
+    if failed is not None:
+        for fd, _ in kept:
+            os.close(fd)
+        raise failed
+    return kept
 
 
 def _prompt_with_fields(prompt: object, fields: dict[str, Any]) -> str:
@@ -208,8 +260,11 @@ class Session:
         max_output_chars: int,
         cwd: str | None,
         on_started: Callable[[int], None] = lambda call: None,
+        keep: KeepPrompt | None = None,
     ) -> None:
         self.id = session_id
+        #: Set when the host asked for ``rlm_query`` prompts by reference (``prompt_refs``).
+        self._keep = keep
         self._on_started = on_started
         self._send = send
         self.host_calls = host_calls
@@ -274,17 +329,45 @@ class Session:
         if isinstance(prompts, (str, bytes)):
             raise TypeError(f"{method}_batched expects a list of prompts, not a single string")
         # Every call is sent before any reply is awaited: the host runs them concurrently.
-        calls = [
-            self.host_calls.start(self.id, method, {"prompt": str(prompt), "model": model})
-            for prompt in prompts
-        ]
+        if method == "rlm_query" and self._keep is not None and len(prompts) > 1:
+            # Copying, hashing and counting the pieces is most of a large fan-out's cost in the
+            # guest; the copy and the hash release the GIL, so two threads use both vCPUs.
+            calls = [self._start_kept(k, model) for k in _keep_texts([str(p) for p in prompts])]
+        elif method == "rlm_query":
+            calls = [self._start_rlm_query(str(prompt), model) for prompt in prompts]
+        else:
+            calls = [
+                self.host_calls.start(self.id, method, {"prompt": str(prompt), "model": model})
+                for prompt in prompts
+            ]
         return self.host_calls.wait(calls)
+
+    def _start_rlm_query(self, text: str, model: str | None) -> tuple[int, _Waiter]:
+        if self._keep is None:
+            return self.host_calls.start(self.id, "rlm_query", {"prompt": text, "model": model})
+        # By reference (PROTOCOL.md, 1.1 ``prompt_ref``): the text goes to the agent in a memfd
+        # and the host gets what the child's model is shown, so a 16 MiB fan-out no longer
+        # crosses the channel twice (to the host in the call, back in the child's set_vars).
+        return self._start_kept(_keep_text(text), model)
+
+    def _start_kept(self, kept: tuple[int, PromptRef], model: str | None) -> tuple[int, _Waiter]:
+        keep = self._keep
+        assert keep is not None
+        fd, meta = kept
+
+        def by_ref(call: int) -> dict[str, Any]:
+            ref = str(call)  # call ids are unique on the connection, so refs are too
+            keep(ref, fd)
+            return {"prompt_ref": msgspec.to_builtins(msgspec.structs.replace(meta, ref=ref)), "model": model}
+
+        try:
+            return self.host_calls.start(self.id, "rlm_query", by_ref)
+        finally:
+            os.close(fd)
 
     def rlm_query(self, prompt: object, model: str | None = None, **fields: Any) -> Any:
         """Ask a child RLM (its own session, depth + 1); at the depth limit, a plain chat call."""
-        return self.host_call(
-            "rlm_query", {"prompt": _prompt_with_fields(prompt, fields), "model": model}
-        )
+        return self.host_calls.wait([self._start_rlm_query(_prompt_with_fields(prompt, fields), model)])[0]
 
     def rlm_query_batched(self, prompts: Sequence[object], model: str | None = None) -> list[Any]:
         """Ask one child RLM per prompt, all at once; answers come back in prompt order."""

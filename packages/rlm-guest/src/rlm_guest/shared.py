@@ -19,14 +19,21 @@ from array import array
 
 from rlm_protocol import HEADER_BYTES, Frame, RemoteProtocolError, UnknownFrame, decode_body
 
-__all__ = ["BufferReleased", "SharedBuffer", "SharedFrame", "read_shared", "received_fds"]
+__all__ = [
+    "BufferReleased", "KeepRef", "SharedBuffer", "SharedFrame", "read_kept", "read_shared", "received_fds",
+    "write_kept",
+]
 
 #: A buffer that grew beyond this is not kept for the next frame: one 128 MiB frame must not pin
 #: 128 MiB of the guest's memory for the rest of its life.
 KEEP_AT_MOST = 32 << 20
 
-#: Room for the descriptors of one ``recvmsg``: the agent attaches one per notice.
-ANCILLARY_BYTES = socket.CMSG_SPACE(4 * array("i").itemsize)
+#: Most descriptors one message between the agent and a session process carries: a notice has
+#: one, a ``bind_refs`` one per name (the agent refuses more names than this in one frame).
+MAX_FDS_PER_MESSAGE = 16
+
+#: Room for the descriptors of one ``recvmsg``.
+ANCILLARY_BYTES = socket.CMSG_SPACE(MAX_FDS_PER_MESSAGE * array("i").itemsize)
 
 
 class SharedFrame(Frame, frozen=True, tag="shared_frame"):
@@ -40,6 +47,42 @@ class BufferReleased(Frame, frozen=True, tag="buffer_released"):
     """Session process to agent only: the oldest lent buffer may be reused."""
 
     session: str
+
+
+class KeepRef(Frame, frozen=True, tag="keep_ref"):
+    """Session process to agent only, with a memfd holding a prompt's UTF-8 bytes: keep it under
+    ``ref`` (protocol 1.1, ``prompt_ref``) until a ``bind_refs`` hands it to another session."""
+
+    session: str
+    ref: str
+
+
+def write_kept(data: bytes) -> int:
+    """A new memfd holding ``data`` (its descriptor; the caller closes it)."""
+    fd = os.memfd_create("rlm-prompt", os.MFD_CLOEXEC)
+    try:
+        with memoryview(data) as view:
+            written = 0
+            while written < len(view):
+                written += os.write(fd, view[written:])
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_kept(fd: int) -> str:
+    """The text in a kept memfd (``write_kept``); the descriptor is closed."""
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return ""
+        with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped, memoryview(mapped) as view:
+            return str(view, "utf-8", "surrogatepass")
+    except (OSError, ValueError) as error:
+        raise RemoteProtocolError(f"unreadable kept prompt: {error}") from error
+    finally:
+        os.close(fd)
 
 
 class SharedBuffer:

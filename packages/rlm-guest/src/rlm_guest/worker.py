@@ -17,11 +17,13 @@ import socket
 import sys
 import threading
 import traceback
+from array import array
 
 import msgspec
 
 from rlm_protocol import (
     HEADER_BYTES,
+    BindRefs,
     ErrorFrame,
     Exec,
     Frame,
@@ -38,7 +40,7 @@ from rlm_protocol import (
 
 from .capture import Capture
 from .session import HostCalls, Session, install_sigint
-from .shared import ANCILLARY_BYTES, BufferReleased, read_shared, received_fds
+from .shared import ANCILLARY_BYTES, BufferReleased, KeepRef, read_kept, read_shared, received_fds
 
 __all__ = ["Activate", "BlockStarted", "worker_main"]
 
@@ -61,6 +63,8 @@ class Activate(Frame, frozen=True, tag="activate"):
 
     session: str
     cwd: str | None = None
+    #: ``OpenSession.prompt_refs``: ``rlm_query`` passes its prompt by reference.
+    prompt_refs: bool = False
 
 
 _activate_decoder = msgspec.msgpack.Decoder(Activate)
@@ -115,6 +119,15 @@ class _Link:
                 )
             self.sock.sendall(view)
 
+    def send_fd(self, frame: Frame, fd: int) -> None:
+        """Send a small frame with a copy of the descriptor ``fd`` attached."""
+        with self._lock:
+            view = self._encoder.encode_view(frame)
+            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", [fd]).tobytes())]
+            sent = self.sock.sendmsg([view], rights)
+            if sent < len(view):
+                self.sock.sendall(view[sent:])
+
 
 def _await_activation(sock: socket.socket) -> Activate:
     # Exactly one frame, so that whatever follows it stays in the socket for the reader.
@@ -151,6 +164,10 @@ def worker_main(
             activation = _await_activation(sock)
             session_id = activation.session
             host_calls = HostCalls(link.send, first_call_id)
+
+            def keep(ref: str, fd: int) -> None:
+                link.send_fd(KeepRef(session=session_id, ref=ref), fd)
+
             session = Session(
                 session_id,
                 send=link.send,
@@ -159,6 +176,7 @@ def worker_main(
                 max_output_chars=max_output_chars,
                 cwd=activation.cwd,
                 on_started=lambda call: link.send(BlockStarted(session=session_id, call=call)),
+                keep=keep if activation.prompt_refs else None,
             )
             sessions.put(session)
         except BaseException:
@@ -229,6 +247,14 @@ def _read_frames(
                     jobs.put(frame)
                 elif isinstance(frame, HostCallReply):
                     host_calls.resolve(frame.call, frame.value, frame.error)
+                elif isinstance(frame, BindRefs):
+                    # The agent attached one descriptor per name, in the frame's order.
+                    if len(fds) < len(frame.refs):
+                        raise RemoteProtocolError("bind_refs came without its prompts")
+                    values = {name: read_kept(fds.popleft()) for name in frame.refs}
+                    state = session.set_vars(values)
+                    del values
+                    link.send(VarsSet(session=frame.session, call=frame.call, state=state))
                 elif isinstance(frame, SetVars):
                     # The values replaced are freed after the reply: giving back the pages of
                     # a 16 MiB prompt takes tens of milliseconds under TCG.

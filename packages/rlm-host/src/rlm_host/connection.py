@@ -9,7 +9,7 @@ with the same ``GuestDiedError``.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -17,6 +17,7 @@ import trio
 
 from rlm_protocol import (
     CAPABILITIES,
+    PROMPT_REF,
     DEFAULT_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     Bye,
@@ -96,6 +97,7 @@ class GuestConnection:
         *,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         death_detail: Callable[[], Awaitable[str]] | None = None,
+        cpu_waits: Callable[[], Mapping[int, float]] | None = None,
     ) -> None:
         self._stream = stream
         self._nursery = nursery
@@ -109,8 +111,13 @@ class GuestConnection:
         self._host_call_scopes: dict[str, set[trio.CancelScope]] = {}
         self._hello_event = trio.Event()
         self._hello: Hello | None = None
+        #: The capabilities this host said it will use (``Welcome.capabilities``).
+        self.capabilities: frozenset[str] = frozenset()
         self._death: GuestError | None = None
         self._death_detail = death_detail
+        #: Seconds each thread running the guest has waited for a host CPU (``rlm_host.starvation``);
+        #: a verdict that the guest is hung does not count that time.
+        self.cpu_waits: Callable[[], Mapping[int, float]] = cpu_waits or dict
         self._closed = trio.Event()
         self._bye = False
 
@@ -125,11 +132,14 @@ class GuestConnection:
         handshake_timeout: float = 60.0,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         death_detail: Callable[[], Awaitable[str]] | None = None,
+        cpu_waits: Callable[[], Mapping[int, float]] | None = None,
     ) -> AsyncIterator[GuestConnection]:
         """Run the reader, complete the handshake, yield the connection, close it on exit.
 
         ``death_detail`` is awaited (for at most a second) when the guest dies, to add
-        diagnosis such as the exit status or a VM console tail.
+        diagnosis such as the exit status or a VM console tail. ``cpu_waits`` gives the seconds
+        each thread that runs the guest has waited for a host CPU (``VM.cpu_waits``): the host
+        does not count them when it decides that the guest is hung.
 
         Raises:
             HandshakeError: no ``Hello`` within ``handshake_timeout`` or an incompatible major.
@@ -138,7 +148,8 @@ class GuestConnection:
         try:
             async with trio.open_nursery() as nursery:
                 connection = cls(
-                    stream, nursery, max_frame_bytes=max_frame_bytes, death_detail=death_detail
+                    stream, nursery, max_frame_bytes=max_frame_bytes, death_detail=death_detail,
+                    cpu_waits=cpu_waits,
                 )
                 nursery.start_soon(connection._reader)
                 try:
@@ -162,12 +173,14 @@ class GuestConnection:
         if hello is None:
             raise HandshakeError(f"the guest sent no Hello within {timeout:g} s")
         # Answer even on a mismatch, so that the guest can refuse too and say why.
+        used = tuple(c for c in hello.capabilities if c in CAPABILITIES)
+        self.capabilities = frozenset(used)
         await self.send(
             Welcome(
                 protocol=PROTOCOL_VERSION,
                 host="rlm-host",
                 host_version=_host_version(),
-                capabilities=tuple(c for c in hello.capabilities if c in CAPABILITIES),
+                capabilities=used,
             )
         )
         if not is_compatible(hello.protocol):
@@ -301,15 +314,19 @@ class GuestConnection:
     # --- sessions ----------------------------------------------------------------------------
 
     async def open_session(
-        self, *, handler: HostCallHandler | None = None, cwd: str | None = None
+        self, *, handler: HostCallHandler | None = None, cwd: str | None = None, prompt_refs: bool = False
     ) -> Session:
         """Open a fresh session whose host calls are served by ``handler``.
 
-        Without a handler, every host call fails in the guest with ``NoHandler``.
+        Without a handler, every host call fails in the guest with ``NoHandler``. With
+        ``prompt_refs`` and a guest that has the ``prompt_ref`` capability, ``rlm_query`` in the
+        session sends a ``PromptRef`` (payload ``prompt_ref``) instead of the prompt's text;
+        ``Session.bind_refs`` binds it in another session (PROTOCOL.md, 1.1).
         """
         from .session import Session
 
-        return await Session.open(self, handler=handler, cwd=cwd)
+        refs = prompt_refs and PROMPT_REF in self.capabilities
+        return await Session.open(self, handler=handler, cwd=cwd, prompt_refs=refs)
 
     def register_session(self, session_id: str, handler: HostCallHandler | None) -> None:
         self._handlers[session_id] = handler

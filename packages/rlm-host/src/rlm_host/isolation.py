@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from .connection import GuestConnection
+from .starvation import thread_waits
 from .transport import open_local_guest
 
 __all__ = ["Isolation", "GuestOptions", "command_warning", "guest_argv", "open_guest"]
@@ -64,7 +65,7 @@ async def open_guest(options: GuestOptions = GuestOptions()) -> AsyncIterator[Gu
     """
     if options.command is not None or options.isolation is Isolation.local:
         async with open_local_guest(options.command) as stream, GuestConnection.open(
-            stream, death_detail=stream.death_detail
+            stream, death_detail=stream.death_detail, cpu_waits=lambda: thread_waits(stream.process.pid)
         ) as connection:
             yield connection
         return

@@ -180,7 +180,9 @@ def _collect_replay(events: list[Event], replay: Replay) -> None:
         if isinstance(event, ChildEnd) and event.parent == "0" and event.answer is not None:
             begun = started.get(event.rlm)
             if begun is not None and begun.prompt_sha256:
-                replay.children[(begun.method, begun.prompt_sha256)].append(event.answer)
+                replay.children[(begun.method, f"sha256:{begun.prompt_sha256}")].append(event.answer)
+            elif begun is not None and begun.prompt_blake2b:
+                replay.children[(begun.method, f"blake2b:{begun.prompt_blake2b}")].append(event.answer)
         elif isinstance(event, ToolCall) and event.rlm == "0":
             replay.tools[(event.name, event.args_sha256)].append((event.result, event.error))
 
@@ -204,7 +206,7 @@ async def resume_rlm(
     async with open_engine(point.prompt, options, connection, resumed_from=trajectory) as run:
         engine = run.engine
         replay = point.replay
-        root = await engine.open_root(point.prompt, handler=engine.root_handler(replay))
+        root = await engine.open_root(point.prompt, handler=engine.root_handler(replay), prompt_refs=False)
         try:
             problems = list(point.problems)
             for block in point.blocks:

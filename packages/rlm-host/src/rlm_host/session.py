@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from rlm_protocol import (
+    BindRefs,
     CloseSession,
     Exec,
     ExecResult,
@@ -24,6 +25,7 @@ from rlm_protocol import (
 )
 
 from .errors import GuestError, SessionClosedError, SessionError
+from .starvation import starved_between
 
 if TYPE_CHECKING:
     from .connection import GuestConnection, HostCallHandler
@@ -36,7 +38,8 @@ INTERRUPT_CONFIRM_SECONDS = 5.0
 
 #: A block with a timeout that has no result this long after its timeout means the guest itself
 #: is stuck (its own timeout, interrupt and kill would have answered by then): the guest is
-#: declared dead rather than waited for forever. Generous: the guest is slow under TCG.
+#: declared dead rather than waited for forever. Generous: the guest is slow under TCG. Time in
+#: which the guest's threads waited for a host CPU is not counted (``rlm_host.starvation``).
 HUNG_GUEST_SECONDS = 30.0
 
 
@@ -63,6 +66,7 @@ class Session:
         *,
         handler: HostCallHandler | None = None,
         cwd: str | None = None,
+        prompt_refs: bool = False,
     ) -> Session:
         session = cls(connection, connection.new_session_id(), handler)
         # Registered first: a host call can only come after the session exists in the guest,
@@ -71,7 +75,9 @@ class Session:
         call = connection.new_call()
         try:
             reply = await connection.request(
-                OpenSession(session=session.id, call=call, cwd=cwd), call, SessionOpened
+                OpenSession(session=session.id, call=call, cwd=cwd, prompt_refs=prompt_refs),
+                call,
+                SessionOpened,
             )
         except BaseException as error:
             connection.unregister_session(session.id)
@@ -105,6 +111,22 @@ class Session:
         self.state = reply.state
         return reply.state
 
+    async def bind_refs(self, refs: Mapping[str, str]) -> VarsState:
+        """Bind, under each name, the prompt the guest keeps under the ref (``PromptRef.ref``
+        of an ``rlm_query`` from another session); also unsets ``Final``.
+
+        Raises:
+            SessionError: code ``unknown_ref`` when the guest keeps no such prompt (the session
+                that made it has closed), or the guest lacks ``prompt_ref`` (``bad_request``).
+        """
+        self._check_open()
+        call = self.connection.new_call()
+        reply = await self.connection.request(
+            BindRefs(session=self.id, call=call, refs=dict(refs)), call, VarsSet
+        )
+        self.state = reply.state
+        return reply.state
+
     async def exec(
         self, code: str, language: Language = "python", *, timeout: float | None = None
     ) -> ExecResult:
@@ -127,13 +149,23 @@ class Session:
                 Exec(session=self.id, call=call, code=code, language=language, timeout=timeout)
             )
             limit = math.inf if timeout is None else timeout + HUNG_GUEST_SECONDS
-            with trio.move_on_after(limit) as waited:
-                result = await connection.reply(pending, call, ExecResult)
-            if waited.cancelled_caught:
-                raise await connection.abandon(
-                    f"the guest did not answer a block {limit:.0f} s after it started (its timeout"
-                    f" was {timeout} s): the guest is hung"
-                )
+            started, waits = trio.current_time(), connection.cpu_waits()
+            deadline = started + limit
+            while True:
+                with trio.move_on_at(deadline) as waited:
+                    result = await connection.reply(pending, call, ExecResult)
+                if not waited.cancelled_caught:
+                    break
+                # Time the guest spent waiting for a host CPU does not count: on a loaded host
+                # a healthy guest is slow, not hung (``rlm_host.starvation``).
+                starved = starved_between(waits, connection.cpu_waits())
+                if started + limit + starved <= trio.current_time():
+                    raise await connection.abandon(
+                        f"the guest did not answer a block {limit:.0f} s after it started (its "
+                        f"timeout was {timeout} s; not counting {starved:.1f} s it waited for a "
+                        "host CPU): the guest is hung"
+                    )
+                deadline = started + limit + starved
         except trio.Cancelled:
             # Stop the block, and wait (bounded) for it to end, so that the session is free
             # again when this cancellation has finished.

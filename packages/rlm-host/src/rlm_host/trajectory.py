@@ -147,6 +147,11 @@ class ChildStart(_Event, frozen=True, tag="child_start"):
     prompt_chars: int
     #: SHA-256 of the child's prompt: a replay (``--resume``) matches host calls by it.
     prompt_sha256: str = ""
+    #: BLAKE2b-256 of a prompt that stayed in the guest (``prompt_in_guest``; the guest hashed
+    #: it, and the host never had its text): a replay matches by it instead.
+    prompt_blake2b: str = ""
+    #: The prompt never left the guest (passed by reference, PROTOCOL.md 1.1 ``prompt_ref``).
+    prompt_in_guest: bool = False
 
 
 class ChildEnd(_Event, frozen=True, tag="child_end"):

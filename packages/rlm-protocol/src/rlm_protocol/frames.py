@@ -17,6 +17,7 @@ request             direction  reply
 ``Exec``            h -> g     ``ExecResult`` or ``ErrorFrame``
 ``Interrupt``       h -> g     none: the running ``Exec`` ends with ``interrupted``
 ``CloseSession``    h -> g     ``SessionClosed`` or ``ErrorFrame``
+``BindRefs``        h -> g     ``VarsSet`` or ``ErrorFrame`` (1.1, capability ``prompt_ref``)
 ``HostCall``        g -> h     ``HostCallReply``
 ``Shutdown``        h -> g     ``Bye``
 ==================  =========  =================================================
@@ -30,6 +31,7 @@ import msgspec
 
 __all__ = [
     "AnyFrame",
+    "BindRefs",
     "Bye",
     "CAPABILITIES",
     "Captured",
@@ -51,6 +53,8 @@ __all__ = [
     "Language",
     "Limits",
     "OpenSession",
+    "PROMPT_REF",
+    "PromptRef",
     "SessionClosed",
     "SessionOpened",
     "SetVars",
@@ -63,6 +67,10 @@ __all__ = [
 
 Language = Literal["python", "bash"]
 
+#: 1.1: ``rlm_query`` may pass its prompt by reference (``PromptRef``), bound in the child's
+#: session with ``BindRefs``: a piece of a large prompt never leaves the guest.
+PROMPT_REF = "prompt_ref"
+
 #: Capabilities a guest may advertise in ``Hello``. Unknown ones must be ignored by a host.
 CAPABILITIES: tuple[str, ...] = (
     "exec.python",
@@ -72,6 +80,7 @@ CAPABILITIES: tuple[str, ...] = (
     "host_call.batched",
     # 1.1: bash blocks get variables as files and host calls as commands (PROTOCOL.md 4.1).
     "repl.bash",
+    PROMPT_REF,
 )
 
 #: Codes of ``ErrorFrame``. A peer must accept codes it does not know (treat as ``internal``).
@@ -84,6 +93,7 @@ ErrorCode = Literal[
     "unsupported",
     "too_large",
     "internal",
+    "unknown_ref",
 ]
 
 
@@ -152,6 +162,21 @@ class VarsState(msgspec.Struct, frozen=True):
     count: int = 0
 
 
+class PromptRef(msgspec.Struct, frozen=True):
+    """A prompt kept by the guest (1.1, ``prompt_ref``): what a model is told about it, and the
+    name under which ``BindRefs`` binds it in another session.
+
+    ``chars``, ``lines`` and ``prefix`` (at most 1,600 characters) are ``text_metadata`` of
+    the text; ``blake2b`` is the hex BLAKE2b-256 digest of its UTF-8 bytes (``surrogatepass``).
+    """
+
+    ref: str
+    chars: int
+    lines: int
+    prefix: str
+    blake2b: str
+
+
 class HostCallError(msgspec.Struct, frozen=True):
     """Why a host call failed; raised in the guest as ``RuntimeError(f"{name}: {message}")``."""
 
@@ -194,13 +219,20 @@ class Bye(Frame, frozen=True, tag="bye"):
 # --- session requests (host -> guest) ---------------------------------------------------------
 
 
-class OpenSession(Frame, frozen=True, tag="open_session"):
-    """Create a session: a fresh namespace with the REPL globals, and a worker to run blocks."""
+class OpenSession(Frame, frozen=True, tag="open_session", omit_defaults=True):
+    """Create a session: a fresh namespace with the REPL globals, and a worker to run blocks.
+
+    Fields at their defaults are left out on the wire, so a 1.0 guest never sees a 1.1 field.
+    """
 
     session: str
     call: int
     #: Working directory of bash blocks; the guest picks one per session when absent.
     cwd: str | None = None
+    #: 1.1 (``prompt_ref``): ``rlm_query`` in this session sends its prompt as a ``PromptRef``
+    #: (payload ``prompt_ref``) instead of the text. The host asks for it only where it runs
+    #: the call as a child RLM, which it binds with ``BindRefs``.
+    prompt_refs: bool = False
 
 
 class SetVars(Frame, frozen=True, tag="set_vars"):
@@ -209,6 +241,16 @@ class SetVars(Frame, frozen=True, tag="set_vars"):
     session: str
     call: int
     values: dict[str, Any]
+
+
+class BindRefs(Frame, frozen=True, tag="bind_refs"):
+    """1.1 (``prompt_ref``): bind, under each name, the text the guest keeps under that
+    ``PromptRef.ref``, as ``str``; like ``SetVars`` it unsets ``Final``. A ref stays usable by
+    the session it was bound in (to bind again after a reset) until that session closes."""
+
+    session: str
+    call: int
+    refs: dict[str, str]
 
 
 class Exec(Frame, frozen=True, tag="exec"):
@@ -319,7 +361,9 @@ class UnknownFrame(msgspec.Struct, frozen=True):
     kind: str
 
 
-HOST_FRAMES = (Welcome, OpenSession, SetVars, Exec, Interrupt, CloseSession, HostCallReply, Shutdown)
+HOST_FRAMES = (
+    Welcome, OpenSession, SetVars, BindRefs, Exec, Interrupt, CloseSession, HostCallReply, Shutdown,
+)
 GUEST_FRAMES = (Hello, SessionOpened, VarsSet, ExecResult, HostCall, SessionClosed, ErrorFrame, Bye)
 
 AnyFrame = Union[
@@ -329,6 +373,7 @@ AnyFrame = Union[
     Bye,
     OpenSession,
     SetVars,
+    BindRefs,
     Exec,
     Interrupt,
     CloseSession,

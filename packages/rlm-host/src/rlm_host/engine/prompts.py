@@ -18,6 +18,7 @@ from rlm_protocol import (
     PROMPT_PREFIX_CHARS,
     ExecResult,
     FinalValue,
+    TextMeta,
     captured_metadata,
     text_metadata,
 )
@@ -121,8 +122,9 @@ def _plain(value: Any) -> Any:
     return msgspec.to_builtins(value)
 
 
-def metadata_message(prompt: str, answer_schema: Any = None) -> str:
+def metadata_message(prompt: str | TextMeta, answer_schema: Any = None) -> str:
     """The first user message: metadata of ``prompt`` (1600-char prefix), never the prompt.
+    ``prompt`` may be that metadata already (a prompt that stayed in the guest).
 
     With ``answer_schema`` (the JSON Schema of a typed answer), the message says what shape
     ``Final`` must have.
@@ -130,7 +132,7 @@ def metadata_message(prompt: str, answer_schema: Any = None) -> str:
     data: dict[str, Any] = {
         "state_metadata": {
             "prompt_type": "str",
-            "prompt": _plain(text_metadata(prompt, PROMPT_PREFIX_CHARS)),
+            "prompt": _plain(prompt if isinstance(prompt, TextMeta) else text_metadata(prompt, PROMPT_PREFIX_CHARS)),
         },
         "instructions": (
             "The full prompt is in the isolated REPL variable `prompt`, as a Python str. "

@@ -14,7 +14,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from rlm_protocol import PROMPT_PREFIX_CHARS, Hello, text_metadata
+from rlm_protocol import PROMPT_PREFIX_CHARS, Hello, TextMeta, text_metadata
 
 from ..errors import GuestError
 from .prompts import _tools_sentence, answer_type_note
@@ -100,12 +100,15 @@ def bash_system_prompt(tools: Sequence[str]) -> str:
     return _BASH_SYSTEM_PROMPT.format(tools_sentence=_tools_sentence(tools))
 
 
-def bash_metadata_message(prompt: str, answer_schema: Any = None) -> str:
-    """The first user message of a bash REPL: the prompt's metadata, never the prompt."""
+def bash_metadata_message(prompt: str | TextMeta, answer_schema: Any = None) -> str:
+    """The first user message of a bash REPL: the prompt's metadata, never the prompt (``prompt``
+    may be that metadata already, as for :func:`~rlm_host.engine.prompts.metadata_message`)."""
     data: dict[str, Any] = {
         "state_metadata": {
             "prompt_type": "file",
-            "prompt": msgspec.to_builtins(text_metadata(prompt, PROMPT_PREFIX_CHARS)),
+            "prompt": msgspec.to_builtins(
+                prompt if isinstance(prompt, TextMeta) else text_metadata(prompt, PROMPT_PREFIX_CHARS)
+            ),
         },
         "instructions": (
             'The full prompt is the file "$RLM_VARS/prompt". Write Bash to inspect it, recurse '

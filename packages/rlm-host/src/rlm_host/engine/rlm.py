@@ -29,7 +29,7 @@ from typing import Any, Final
 import msgspec
 import trio
 
-from rlm_protocol import HostCall
+from rlm_protocol import HostCall, PromptRef, ref_metadata, text_blake2b
 
 from ..connection import GuestConnection, HostCallHandler
 from ..errors import RlmError, single_error
@@ -149,6 +149,10 @@ class RootRlm:
     first_message: str
     #: What the host bound in the namespace; bound again after the guest reset the session.
     bound: dict[str, Any] = field(default_factory=dict)
+    #: Names bound to prompts the guest keeps (``PromptRef.ref``), likewise.
+    bound_refs: dict[str, str] = field(default_factory=dict)
+    #: Whether its ``rlm_query`` calls send prompts by reference (its children are RLMs).
+    prompt_refs: bool = False
     step: int = 0
     summary: str = ""
     #: Messages of ``history`` already recorded in a ``ModelRequest``; ``None``: record all.
@@ -183,6 +187,7 @@ class Replay:
     """
 
     def __init__(self) -> None:
+        #: Recorded answers by (method, digest), the digest as ``sha256:<hex>`` or ``blake2b:<hex>``.
         self.children: defaultdict[tuple[str, str], deque[str]] = defaultdict(deque)
         self.tools: defaultdict[tuple[str, str], deque[tuple[Any, str | None]]] = defaultdict(deque)
         self.problems: list[str] = []
@@ -203,8 +208,14 @@ class Replay:
             if error is not None:
                 raise RuntimeError(f"(recorded) {error}")
             return result
-        prompt = str(call.payload.get("prompt"))
-        queue_children = self.children.get((call.method, _sha256(prompt)))
+        ref = call.payload.get("prompt_ref")
+        if isinstance(ref, dict):
+            prompt = str(ref.get("prefix", ""))
+            keys = [f"blake2b:{ref.get('blake2b')}"]
+        else:
+            prompt = str(call.payload.get("prompt"))
+            keys = [f"sha256:{_sha256(prompt)}", f"blake2b:{text_blake2b(prompt)}"]
+        queue_children = next((self.children[key] for key in ((call.method, k) for k in keys) if self.children.get(key)), None)
         if not queue_children:
             problem = f"{call.method}({prompt[:60]!r}...) has no recorded answer; it failed in the replay"
             self.problems.append(problem)
@@ -312,12 +323,21 @@ class RlmEngine:
         )
 
     async def open_root(
-        self, prompt: str, *, answer_type: Any = None, handler: HostCallHandler | None = None
+        self,
+        prompt: str,
+        *,
+        answer_type: Any = None,
+        handler: HostCallHandler | None = None,
+        prompt_refs: bool = True,
     ) -> RootRlm:
-        """Open the root's session with ``prompt`` bound; ``ask`` runs its steps."""
+        """Open the root's session with ``prompt`` bound; ``ask`` runs its steps.
+
+        ``prompt_refs=False``: the root's ``rlm_query`` calls send their text (a replay matches
+        them with answers recorded by either digest)."""
         root = self._new_rlm(
             prompt, rlm="0", depth=0, model=None, tools=self.host_tools, answer_type=answer_type
         )
+        root.prompt_refs = root.prompt_refs and prompt_refs
         await self._open_session(root, handler or self.root_handler())
         try:
             await root.opening.wait()
@@ -369,7 +389,7 @@ class RlmEngine:
 
     def _new_rlm(
         self,
-        prompt: str,
+        prompt: str | PromptRef,
         *,
         rlm: str,
         depth: int,
@@ -378,8 +398,9 @@ class RlmEngine:
         answer_type: Any = None,
     ) -> RootRlm:
         """An RLM whose history is ready for its first model request; its session is not open."""
+        shown = ref_metadata(prompt) if isinstance(prompt, PromptRef) else prompt
         first = (bash_metadata_message if self.repl == "bash" else metadata_message)(
-            prompt, None if answer_type is None else msgspec.json.schema(answer_type)
+            shown, None if answer_type is None else msgspec.json.schema(answer_type)
         )
         state = RootRlm(
             id=rlm,
@@ -390,7 +411,10 @@ class RlmEngine:
             history=[],
             transcript=[],
             first_message=first,
-            bound={"prompt": prompt},
+            bound={} if isinstance(prompt, PromptRef) else {"prompt": prompt},
+            bound_refs={"prompt": prompt.ref} if isinstance(prompt, PromptRef) else {},
+            # Only where its rlm_query calls become child RLMs: a leaf call needs the text here.
+            prompt_refs=depth + 1 < self.limits.max_depth,
         )
         state.append({"role": "system", "content": self._system_prompt(tools)})
         state.append({"role": "user", "content": first})
@@ -411,7 +435,7 @@ class RlmEngine:
             with opening.scope:
                 try:
                     connection = await self._connection()
-                    opening.session = await connection.open_session(handler=handler)
+                    opening.session = await connection.open_session(handler=handler, prompt_refs=state.prompt_refs)
                     await self.prepare(state)
                 except Exception as error:
                     opening.fail(error)
@@ -464,7 +488,10 @@ class RlmEngine:
 
     async def prepare(self, state: RootRlm) -> None:
         """Bind the host's variables and define the tools (at start and after a reset)."""
-        await state.session.set_vars(state.bound)
+        if state.bound or not state.bound_refs:
+            await state.session.set_vars(state.bound)
+        if state.bound_refs:
+            await state.session.bind_refs(state.bound_refs)
         if state.tools:
             result = await state.session.exec(stub_code(state.tools))
             if result.error is not None:
@@ -472,7 +499,7 @@ class RlmEngine:
 
     async def _solve(
         self,
-        prompt: str,
+        prompt: str | PromptRef,
         *,
         rlm: str,
         depth: int,
@@ -808,9 +835,14 @@ class RlmEngine:
                 return await self._tool_call(call, parent, depth, tools)
             if call.method not in ("rlm_query", "llm_query"):
                 raise ValueError(f"unknown host call {call.method!r}")
-            prompt = call.payload.get("prompt")
-            if not isinstance(prompt, str):
-                raise TypeError(f"{call.method} needs a str prompt, got {type(prompt).__name__}")
+            prompt: str | PromptRef
+            if call.method == "rlm_query" and "prompt_ref" in call.payload:
+                prompt = msgspec.convert(call.payload["prompt_ref"], PromptRef)
+            else:
+                text = call.payload.get("prompt")
+                if not isinstance(text, str):
+                    raise TypeError(f"{call.method} needs a str prompt, got {type(text).__name__}")
+                prompt = text
             requested = call.payload.get("model")
             if requested is not None and requested != "":
                 if not isinstance(requested, str) or requested not in self.allowed_models:
@@ -821,6 +853,10 @@ class RlmEngine:
                 # A child of the root gets the sub-model; deeper ones inherit their parent's.
                 model = parent_model if parent_model is not None else self.sub_model
             leaf = call.method == "llm_query" or depth + 1 >= self.limits.max_depth
+            if leaf and isinstance(prompt, PromptRef):
+                # Never asked for (the session was opened without prompt_refs): a leaf's model
+                # needs the text itself.
+                raise TypeError(f"{call.method} at the depth limit needs the prompt's text, not a reference")
             child = f"{parent}.{next(self._children[parent])}"
             return await self._child(
                 prompt,
@@ -875,7 +911,7 @@ class RlmEngine:
 
     async def _child(
         self,
-        prompt: str,
+        prompt: str | PromptRef,
         *,
         rlm: str,
         parent: str,
@@ -893,10 +929,14 @@ class RlmEngine:
         run-wide budget is still enforced, by the parent's own next model request.
         """
         kind = "leaf" if leaf else "rlm"
+        by_ref = isinstance(prompt, PromptRef)
         self.recorder.emit(
             ChildStart(
                 ts=time.time(), rlm=rlm, depth=depth, parent=parent, kind=kind, method=method,
-                prompt_chars=len(prompt), prompt_sha256=_sha256(prompt),
+                prompt_chars=prompt.chars if isinstance(prompt, PromptRef) else len(prompt),
+                prompt_sha256="" if isinstance(prompt, PromptRef) else _sha256(prompt),
+                prompt_blake2b=prompt.blake2b if isinstance(prompt, PromptRef) else "",
+                prompt_in_guest=by_ref,
             )
         )
         started = time.perf_counter()
@@ -904,6 +944,7 @@ class RlmEngine:
         error: str | None = None
         try:
             if leaf:
+                assert isinstance(prompt, str)  # refused above
                 messages: list[ChatMessage] = [{"role": "user", "content": prompt}]
                 reply = await self._chat(
                     messages, rlm=rlm, depth=depth, step=1, model=model, purpose="leaf",

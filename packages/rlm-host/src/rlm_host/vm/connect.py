@@ -77,5 +77,5 @@ async def open_vm_guest(options: GuestOptions) -> AsyncIterator[GuestConnection]
     config = await trio.to_thread.run_sync(
         lambda: prepare_vm_config(memory_mb=options.memory_mb, cpus=options.cpus, network=options.network)
     )
-    async with open_vm(config) as vm, GuestConnection.open(vm.stream, death_detail=vm.death_detail) as connection:
+    async with open_vm(config) as vm, GuestConnection.open(vm.stream, death_detail=vm.death_detail, cpu_waits=vm.cpu_waits) as connection:
         yield connection
