@@ -271,9 +271,11 @@ async def test_block_ignoring_interrupts_resets_the_session(connection: GuestCon
 
 async def test_reset_kills_everything_the_block_started(connection: GuestConnection) -> None:
     session = await connection.open_session()
+    # A duration no other run uses: the local guest shares this machine with other test runs.
+    seconds = str(random.randrange(10**6, 10**7))
     spawn = (
         "import subprocess, time\n"
-        "child = subprocess.Popen(['sleep', '1717'])\n"
+        f"child = subprocess.Popen(['sleep', '{seconds}'])\n"
         "print(child.pid, flush=True)\n"
         "while True:\n    try:\n        time.sleep(10)\n    except KeyboardInterrupt:\n        pass"
     )
@@ -281,7 +283,7 @@ async def test_reset_kills_everything_the_block_started(connection: GuestConnect
     assert result.session_reset
     probe = await connection.open_session()
     # The reset came with no output, so find the sleeper by its command line instead.
-    check = await probe.exec("pgrep -f '^sleep 1717$' || echo none", "bash")
+    check = await probe.exec(f"pgrep -f '^sleep {seconds}$' || echo none", "bash")
     assert check.stdout.text == "none\n"
 
 
