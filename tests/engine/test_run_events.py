@@ -52,7 +52,7 @@ async def test_cancelling_a_run_during_its_first_model_request(trajectory: Path)
                     if isinstance(event, ModelRequest):
                         run.cancel()
     events = read_trajectory(trajectory)
-    assert [type(e).__name__ for e in events] == ["RunStart", "ModelRequest", "RunEnd"]
+    assert [type(e).__name__ for e in events] == ["RunStart", "ModelReady", "ModelRequest", "RunEnd"]
 
 
 def test_run_rlm_sync_outside_trio(trajectory: Path) -> None:
