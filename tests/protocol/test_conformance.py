@@ -109,6 +109,8 @@ DEFECTS_PROMPT_REF = [
     ("bind_refs_lossy", "bind_refs_text", "'prompt' is bound to 'str 1664 e9eeefa3"),
     ("unknown_ref_binds_nothing", "bind_refs_unknown_ref", "must fail with unknown_ref, got VarsSet"),
     ("ref_dies_with_its_maker", "prompt_ref_lifetime", "must outlive the session that made it"),
+    ("refs_never_freed", "prompt_ref_lifetime", "whose session closed before it was bound must fail with unknown_ref"),
+    ("rebinds_after_reset", "prompt_ref_lifetime", "after a reset 'prompt' in globals() printed 'True"),
     ("bind_refs_limit_bad_request", "bind_refs_limit", "must fail with too_large, got code 'bad_request'"),
     ("batch_sends_text", "prompt_ref_batched", "no host call of the batch carries a PromptRef of prompt 0"),
     ("batch_shares_one_ref", "prompt_ref_batched", "the batch's prompts share refs"),

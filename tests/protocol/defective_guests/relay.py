@@ -737,6 +737,55 @@ class RefDiesWithItsMaker(Relay):
         return body
 
 
+class RefsNeverFreed(Relay):
+    """Sessions that made refs are never closed (their refs live on); the close is answered anyway."""
+
+    def __init__(self, guest: subprocess.Popen[bytes]) -> None:
+        super().__init__(guest)
+        self.makers: set[str] = set()
+
+    def host_frame(self, body: Body) -> Body | None:
+        if _prompt_ref(body) is not None:
+            with self.lock:
+                self.makers.add(body["session"])
+        return body
+
+    def guest_frame(self, body: Body) -> Body | None:
+        if body["kind"] == "close_session" and body["session"] in self.makers:
+            self.send_host({"kind": "session_closed", "session": body["session"], "call": body["call"]})
+            return None
+        return body
+
+
+class RebindsAfterReset(Relay):
+    """After a reset the guest binds the session's refs again by itself (the host is not asked)."""
+
+    #: Calls of the relay's own ``bind_refs``, far above the kit's; their replies are dropped.
+    OWN_CALLS = 1 << 40
+
+    def __init__(self, guest: subprocess.Popen[bytes]) -> None:
+        super().__init__(guest)
+        self.bound: dict[str, dict[str, str]] = {}
+        self.own = self.OWN_CALLS
+
+    def guest_frame(self, body: Body) -> Body | None:
+        if body["kind"] == "bind_refs":
+            with self.lock:
+                self.bound.setdefault(body["session"], {}).update(body["refs"])
+        return body
+
+    def host_frame(self, body: Body) -> Body | None:
+        if body["kind"] == "vars_set" and body["call"] >= self.OWN_CALLS:
+            return None
+        if body["kind"] == "exec_result" and body.get("session_reset"):
+            with self.lock:
+                refs = self.bound.get(body["session"])
+                self.own += 1
+            if refs:
+                self.send_guest({"kind": "bind_refs", "session": body["session"], "call": self.own, "refs": refs})
+        return body
+
+
 class BindRefsLimitBadRequest(Relay):
     """More than 16 names in a ``bind_refs`` are refused with ``bad_request``, not ``too_large``."""
 
@@ -834,6 +883,8 @@ DEFECTS: dict[str, type[Relay]] = {
     "unknown_ref_binds_nothing": UnknownRefBindsNothing,
     "ref_dies_with_its_maker": RefDiesWithItsMaker,
     "bind_refs_limit_bad_request": BindRefsLimitBadRequest,
+    "refs_never_freed": RefsNeverFreed,
+    "rebinds_after_reset": RebindsAfterReset,
     "batch_sends_text": BatchSendsText,
     "batch_shares_one_ref": BatchSharesOneRef,
 }

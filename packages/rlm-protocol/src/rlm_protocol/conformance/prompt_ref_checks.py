@@ -253,6 +253,9 @@ def prompt_ref_lifetime(probe: Probe) -> None:
     probe.close_session(maker)
     died = probe.exec(child, "import os\nos._exit(3)")
     fail_unless(died.session_reset, f"a block that exited its process must report session_reset: {describe(died)}")
+    # A reset empties the session (4.4); binding again is the host's move, not the guest's.
+    empty = probe.exec_ok(child, "print('prompt' in globals())").stdout.text
+    fail_unless(empty == "False\n", f"after a reset 'prompt' in globals() printed {empty!r}; the session must be empty")
     reply = _bind(probe, child, {"prompt": ref})
     if not isinstance(reply, VarsSet):
         raise CheckFailed(
