@@ -108,6 +108,7 @@ DEFECTS_PROMPT_REF = [
     ("bind_refs_keeps_final", "bind_refs_text", "BindRefs must unset Final"),
     ("bind_refs_lossy", "bind_refs_text", "'prompt' is bound to 'str 1664 e9eeefa3"),
     ("unknown_ref_binds_nothing", "bind_refs_unknown_ref", "must fail with unknown_ref, got VarsSet"),
+    ("bind_refs_checks_refs_first", "bind_refs_unknown_ref", "must fail with unknown_session, got code 'unknown_ref'"),
     ("ref_dies_with_its_maker", "prompt_ref_lifetime", "must outlive the session that made it"),
     ("refs_never_freed", "prompt_ref_lifetime", "whose session closed before it was bound must fail with unknown_ref"),
     ("rebinds_after_reset", "prompt_ref_lifetime", "after a reset 'prompt' in globals() printed 'True"),

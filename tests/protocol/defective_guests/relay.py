@@ -712,6 +712,16 @@ class UnknownRefBindsNothing(Relay):
         return body
 
 
+class BindRefsChecksRefsFirst(Relay):
+    """``bind_refs`` into a session that does not exist is answered ``unknown_ref``."""
+
+    def guest_frame(self, body: Body) -> Body | None:
+        if body["kind"] == "bind_refs" and body["session"] not in self.sessions:
+            self.send_host(_error(body, "unknown_ref", "no such ref in that session"))
+            return None
+        return body
+
+
 class RefDiesWithItsMaker(Relay):
     """A ref is dropped when the session that made it closes, even when another session bound it."""
 
@@ -882,6 +892,7 @@ DEFECTS: dict[str, type[Relay]] = {
     "bind_refs_lossy": BindRefsLossy,
     "unknown_ref_binds_nothing": UnknownRefBindsNothing,
     "ref_dies_with_its_maker": RefDiesWithItsMaker,
+    "bind_refs_checks_refs_first": BindRefsChecksRefsFirst,
     "bind_refs_limit_bad_request": BindRefsLimitBadRequest,
     "refs_never_freed": RefsNeverFreed,
     "rebinds_after_reset": RebindsAfterReset,

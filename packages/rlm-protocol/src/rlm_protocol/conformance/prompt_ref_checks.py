@@ -221,7 +221,7 @@ def bind_refs_text(probe: Probe) -> None:
 
 
 def bind_refs_unknown_ref(probe: Probe) -> None:
-    """bind_refs of a ref the guest never made fails with unknown_ref; the session is unharmed."""
+    """bind_refs of a ref never made fails with unknown_ref, into a session never opened with unknown_session."""
     session = probe.open_session("unknownref")
     probe.exec_ok(session, "kept = 'yes'")
     call = probe.link.new_call()
@@ -231,6 +231,15 @@ def bind_refs_unknown_ref(probe: Probe) -> None:
     )
     shown = probe.exec_ok(session, "print(kept)").stdout.text
     fail_unless(shown == "yes\n", f"after a refused BindRefs the session printed {shown!r}")
+    # A kept ref into a session that does not exist: the session is what is unknown (3.4).
+    maker = probe.open_session("maker", prompt_refs=True)
+    ref = _make_ref(probe, maker, "kept")
+    call = probe.link.new_call()
+    probe.expect_error(
+        BindRefs(session="never-opened", call=call, refs={"prompt": ref}), call, ("unknown_session",),
+        "BindRefs of a kept ref into a session never opened",
+    )
+    probe.close_session(maker)
     probe.close_session(session)
 
 
