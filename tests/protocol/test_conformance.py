@@ -101,6 +101,43 @@ def test_each_check_of_1_1_fails_its_defective_guest(defect: str, check: str, wo
     assert words in _only_failure(report, check)
 
 
+#: One defective guest (at least) per check of ``prompt_ref`` (PROTOCOL.md 4.2).
+DEFECTS_PROMPT_REF = [
+    ("ref_prefix_800", "prompt_ref_payload", "PromptRef.prefix is 800 characters, not the first 1600"),
+    ("refs_without_opt_in", "prompt_ref_opt_in", "a session opened without prompt_refs sent {'prompt_ref'"),
+    ("bind_refs_keeps_final", "bind_refs_text", "BindRefs must unset Final"),
+    ("bind_refs_lossy", "bind_refs_text", "'prompt' is bound to 'str 1664 e9eeefa3"),
+    ("unknown_ref_binds_nothing", "bind_refs_unknown_ref", "must fail with unknown_ref, got VarsSet"),
+    ("bind_refs_checks_refs_first", "bind_refs_unknown_ref", "must fail with unknown_session, got code 'unknown_ref'"),
+    ("ref_dies_with_its_maker", "prompt_ref_lifetime", "must outlive the session that made it"),
+    ("refs_never_freed", "prompt_ref_lifetime", "whose session closed before it was bound must fail with unknown_ref"),
+    ("rebinds_after_reset", "prompt_ref_lifetime", "after a reset 'prompt' in globals() printed 'True"),
+    ("bind_refs_limit_bad_request", "bind_refs_limit", "must fail with too_large, got code 'bad_request'"),
+    ("batch_sends_text", "prompt_ref_batched", "no host call of the batch carries a PromptRef of prompt 0"),
+    ("batch_shares_one_ref", "prompt_ref_batched", "the batch's prompts share refs"),
+]
+
+PROMPT_REF_CHECKS = [
+    "prompt_ref_payload", "prompt_ref_opt_in", "bind_refs_text", "bind_refs_unknown_ref",
+    "prompt_ref_lifetime", "bind_refs_limit", "prompt_ref_batched",
+]
+
+
+@pytest.mark.parametrize(("defect", "check", "words"), DEFECTS_PROMPT_REF, ids=[d[0] for d in DEFECTS_PROMPT_REF])
+def test_each_check_of_prompt_ref_fails_its_defective_guest(defect: str, check: str, words: str) -> None:
+    report = run_conformance(relay(defect), only=["handshake", check], timeout_factor=0.5)
+    assert words in _only_failure(report, check)
+
+
+def test_prompt_ref_checks_are_skipped_for_a_guest_without_it() -> None:
+    # The relay hides "prompt_ref" from Hello; the kit's Welcome then does not offer it either.
+    report = run_conformance(relay("no_prompt_ref"), only=["handshake", *PROMPT_REF_CHECKS])
+    assert report.ok, report.format()
+    for name in PROMPT_REF_CHECKS:
+        assert report.result(name).outcome is Outcome.SKIP, report.format()
+        assert "does not advertise prompt_ref" in report.result(name).message
+
+
 def test_every_check_has_a_reason_and_the_1_1_checks_a_defective_guest() -> None:
     assert all(c.reason for c in CHECKS)
     pinned = {check for _, check, _ in DEFECTS_1_1} | {
@@ -118,6 +155,9 @@ def test_every_check_has_a_reason_and_the_1_1_checks_a_defective_guest() -> None
     }
     assert new_in_1_1 | by_node <= {c.name for c in CHECKS}
     assert new_in_1_1 <= pinned
+    # Every check of prompt_ref has its defective guest.
+    assert {c.name for c in CHECKS if "prompt_ref" in c.requires} == set(PROMPT_REF_CHECKS)
+    assert set(PROMPT_REF_CHECKS) == {check for _, check, _ in DEFECTS_PROMPT_REF}
 
 
 def test_a_bash_only_guest_is_certified_with_bash_probes() -> None:

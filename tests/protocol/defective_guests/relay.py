@@ -259,6 +259,12 @@ class HideBash(HideCapability):
     capability = "exec.bash"
 
 
+class HidePromptRef(HideCapability):
+    """A 1.0-style guest: ``prompt_ref`` is not advertised, so the host never asks for refs."""
+
+    capability = "prompt_ref"
+
+
 class PythonHidden(HideCapability):
     """A correct bash-only guest: Python is neither advertised nor run."""
 
@@ -598,6 +604,249 @@ class HostCallErrorAsValue(Relay):
         return body
 
 
+
+# --- defects of prompt_ref (1.1, PROTOCOL.md 4.2) ---------------------------------------------
+
+
+def _prompt_ref(body: Body) -> dict[str, Any] | None:
+    """The ``PromptRef`` of an ``rlm_query`` host call, if it carries one."""
+    if body["kind"] == "host_call" and body.get("method") == "rlm_query":
+        ref = body.get("payload", {}).get("prompt_ref")
+        return ref if isinstance(ref, dict) else None
+    return None
+
+
+def _error(body: Body, code: str, message: str) -> Body:
+    return {"kind": "error", "code": code, "message": message, "session": body["session"], "call": body["call"]}
+
+
+class RefPrefixOfAnObservation(Relay):
+    """``PromptRef.prefix`` is cut to 800 characters (the observation prefix, not the prompt's)."""
+
+    def host_frame(self, body: Body) -> Body | None:
+        ref = _prompt_ref(body)
+        if ref is not None:
+            payload = {**body["payload"], "prompt_ref": {**ref, "prefix": ref["prefix"][:800]}}
+            body = {**body, "payload": payload}
+        return body
+
+
+class RefsWithoutOptIn(Relay):
+    """Every session passes prompts by reference, whether the host asked for it or not."""
+
+    def guest_frame(self, body: Body) -> Body | None:
+        if body["kind"] == "open_session":
+            body = {**body, "prompt_refs": True}
+        return body
+
+
+class BindRefsKeepsFinal(Relay):
+    """``bind_refs`` leaves ``Final`` as it was (``set_vars`` unsets it, ``bind_refs`` forgets to)."""
+
+    def __init__(self, guest: subprocess.Popen[bytes]) -> None:
+        super().__init__(guest)
+        #: The last ``Final`` each session reported, and sessions where a bind_refs kept it.
+        self.final: dict[str, Any] = {}
+        self.restore: set[str] = set()
+
+    def host_frame(self, body: Body) -> Body | None:
+        final = body.get("final") if body["kind"] == "exec_result" else None
+        if final and final.get("ok"):
+            with self.lock:
+                self.final[body["session"]] = final["value"]
+        return body
+
+    def guest_frame(self, body: Body) -> Body | None:
+        session = body.get("session")
+        with self.lock:
+            if body["kind"] == "bind_refs" and session in self.final:
+                self.restore.add(session)
+            elif _python_exec(body) and session in self.restore:
+                self.restore.discard(session)
+                body = {**body, "code": f"Final = {self.final[session]!r}\n" + body["code"]}
+        return body
+
+
+class BindRefsLossy(Relay):
+    """Names bound by ``bind_refs`` hold the text with lone surrogates replaced by ``?``."""
+
+    def __init__(self, guest: subprocess.Popen[bytes]) -> None:
+        super().__init__(guest)
+        self.bound: dict[str, set[str]] = {}
+
+    def guest_frame(self, body: Body) -> Body | None:
+        session = body.get("session", "")
+        if body["kind"] == "bind_refs":
+            with self.lock:
+                self.bound.setdefault(session, set()).update(body["refs"])
+        elif _python_exec(body) and self.bound.get(session):
+            fix = "".join(
+                f"if {name!r} in globals(): {name} = {name}.encode('utf-8', 'replace').decode('utf-8')\n"
+                for name in sorted(self.bound[session])
+            )
+            body = {**body, "code": fix + body["code"]}
+        return body
+
+
+class UnknownRefBindsNothing(Relay):
+    """``bind_refs`` of a ref never made is answered ``vars_set`` (nothing bound), not ``unknown_ref``."""
+
+    def __init__(self, guest: subprocess.Popen[bytes]) -> None:
+        super().__init__(guest)
+        self.made: set[str] = set()
+
+    def host_frame(self, body: Body) -> Body | None:
+        ref = _prompt_ref(body)
+        if ref is not None:
+            with self.lock:
+                self.made.add(ref["ref"])
+        return body
+
+    def guest_frame(self, body: Body) -> Body | None:
+        if body["kind"] == "bind_refs":
+            with self.lock:
+                unknown = any(ref not in self.made for ref in body["refs"].values())
+            if unknown:
+                self.send_host({"kind": "vars_set", "session": body["session"], "call": body["call"]})
+                return None
+        return body
+
+
+class BindRefsChecksRefsFirst(Relay):
+    """``bind_refs`` into a session that does not exist is answered ``unknown_ref``."""
+
+    def guest_frame(self, body: Body) -> Body | None:
+        if body["kind"] == "bind_refs" and body["session"] not in self.sessions:
+            self.send_host(_error(body, "unknown_ref", "no such ref in that session"))
+            return None
+        return body
+
+
+class RefDiesWithItsMaker(Relay):
+    """A ref is dropped when the session that made it closes, even when another session bound it."""
+
+    def __init__(self, guest: subprocess.Popen[bytes]) -> None:
+        super().__init__(guest)
+        self.maker: dict[str, str] = {}
+        self.dead: set[str] = set()
+
+    def host_frame(self, body: Body) -> Body | None:
+        ref = _prompt_ref(body)
+        if ref is not None:
+            with self.lock:
+                self.maker[ref["ref"]] = body["session"]
+        return body
+
+    def guest_frame(self, body: Body) -> Body | None:
+        with self.lock:
+            if body["kind"] == "close_session":
+                self.dead |= {ref for ref, maker in self.maker.items() if maker == body["session"]}
+            elif body["kind"] == "bind_refs" and self.dead & set(body["refs"].values()):
+                self.send_host(_error(body, "unknown_ref", "the session that made it closed"))
+                return None
+        return body
+
+
+class RefsNeverFreed(Relay):
+    """Sessions that made refs are never closed (their refs live on); the close is answered anyway."""
+
+    def __init__(self, guest: subprocess.Popen[bytes]) -> None:
+        super().__init__(guest)
+        self.makers: set[str] = set()
+
+    def host_frame(self, body: Body) -> Body | None:
+        if _prompt_ref(body) is not None:
+            with self.lock:
+                self.makers.add(body["session"])
+        return body
+
+    def guest_frame(self, body: Body) -> Body | None:
+        if body["kind"] == "close_session" and body["session"] in self.makers:
+            self.send_host({"kind": "session_closed", "session": body["session"], "call": body["call"]})
+            return None
+        return body
+
+
+class RebindsAfterReset(Relay):
+    """After a reset the guest binds the session's refs again by itself (the host is not asked)."""
+
+    #: Calls of the relay's own ``bind_refs``, far above the kit's; their replies are dropped.
+    OWN_CALLS = 1 << 40
+
+    def __init__(self, guest: subprocess.Popen[bytes]) -> None:
+        super().__init__(guest)
+        self.bound: dict[str, dict[str, str]] = {}
+        self.own = self.OWN_CALLS
+
+    def guest_frame(self, body: Body) -> Body | None:
+        if body["kind"] == "bind_refs":
+            with self.lock:
+                self.bound.setdefault(body["session"], {}).update(body["refs"])
+        return body
+
+    def host_frame(self, body: Body) -> Body | None:
+        if body["kind"] == "vars_set" and body["call"] >= self.OWN_CALLS:
+            return None
+        if body["kind"] == "exec_result" and body.get("session_reset"):
+            with self.lock:
+                refs = self.bound.get(body["session"])
+                self.own += 1
+            if refs:
+                self.send_guest({"kind": "bind_refs", "session": body["session"], "call": self.own, "refs": refs})
+        return body
+
+
+class BindRefsLimitBadRequest(Relay):
+    """More than 16 names in a ``bind_refs`` are refused with ``bad_request``, not ``too_large``."""
+
+    def guest_frame(self, body: Body) -> Body | None:
+        if body["kind"] == "bind_refs" and len(body["refs"]) > 16:
+            self.send_host(_error(body, "bad_request", "too many names"))
+            return None
+        return body
+
+
+class _InBatch(Relay):
+    """Knows which sessions run a block calling ``rlm_query_batched`` (the defect's scope)."""
+
+    def __init__(self, guest: subprocess.Popen[bytes]) -> None:
+        super().__init__(guest)
+        self.batching: set[str] = set()
+        self.first_ref: dict[str, Any] = {}
+
+    def guest_frame(self, body: Body) -> Body | None:
+        if _python_exec(body):
+            with self.lock:
+                if "rlm_query_batched" in body["code"]:
+                    self.batching.add(body["session"])
+                else:
+                    self.batching.discard(body["session"])
+                self.first_ref.pop(body["session"], None)
+        return body
+
+
+class BatchSendsText(_InBatch):
+    """``rlm_query_batched`` sends each prompt's text, as in 1.0, in a session opened with prompt_refs."""
+
+    def host_frame(self, body: Body) -> Body | None:
+        ref = _prompt_ref(body)
+        if ref is not None and body["session"] in self.batching:
+            body = {**body, "payload": {"prompt": ref["prefix"], "model": body["payload"].get("model")}}
+        return body
+
+
+class BatchSharesOneRef(_InBatch):
+    """Every prompt of a batch is sent under the ref of the batch's first prompt."""
+
+    def host_frame(self, body: Body) -> Body | None:
+        ref = _prompt_ref(body)
+        if ref is not None and body["session"] in self.batching:
+            with self.lock:
+                first = self.first_ref.setdefault(body["session"], ref["ref"])
+            body = {**body, "payload": {**body["payload"], "prompt_ref": {**ref, "ref": first}}}
+        return body
+
+
 DEFECTS: dict[str, type[Relay]] = {
     "keep": Relay,
     "fifo_host_calls": FifoHostCallRouting,
@@ -605,6 +854,7 @@ DEFECTS: dict[str, type[Relay]] = {
     "utf8_chars": CountUtf8Bytes,
     "accept_any_major": AcceptAnyMajor,
     "no_bash": HideBash,
+    "no_prompt_ref": HidePromptRef,
     "python_hidden": PythonHidden,
     "python_hidden_but_run": PythonHiddenButRun,
     "bad_length": ShortLength,
@@ -636,6 +886,18 @@ DEFECTS: dict[str, type[Relay]] = {
     "value_when_not_ok": ValueWhenNotOk,
     "final_file_ignored": FinalFileIgnored,
     "host_call_error_as_value": HostCallErrorAsValue,
+    "ref_prefix_800": RefPrefixOfAnObservation,
+    "refs_without_opt_in": RefsWithoutOptIn,
+    "bind_refs_keeps_final": BindRefsKeepsFinal,
+    "bind_refs_lossy": BindRefsLossy,
+    "unknown_ref_binds_nothing": UnknownRefBindsNothing,
+    "ref_dies_with_its_maker": RefDiesWithItsMaker,
+    "bind_refs_checks_refs_first": BindRefsChecksRefsFirst,
+    "bind_refs_limit_bad_request": BindRefsLimitBadRequest,
+    "refs_never_freed": RefsNeverFreed,
+    "rebinds_after_reset": RebindsAfterReset,
+    "batch_sends_text": BatchSendsText,
+    "batch_shares_one_ref": BatchSharesOneRef,
 }
 
 

@@ -33,7 +33,7 @@ from ..frames import (
 from ..metadata import count_lines
 from ..version import PROTOCOL_MAJOR, PROTOCOL_MINOR
 from .peer import CheckFailed, GuestPeer, describe
-from . import repl_checks, session_checks, wire_checks
+from . import prompt_ref_checks, repl_checks, session_checks, wire_checks
 from .probe import Link, Probe, Skip, expect_exit, fail_unless, receive_hello, welcome_for
 from .samples import BASH, PYTHON, Samples
 
@@ -677,6 +677,7 @@ def shutdown(probe: Probe) -> None:
 
 
 PY = ("exec.python",)
+REFS = prompt_ref_checks.REQUIRES
 
 #: Every check, in the order the kit runs them. ``shutdown`` comes last: it ends the guest.
 CHECKS: Final[tuple[Check, ...]] = (
@@ -754,6 +755,20 @@ CHECKS: Final[tuple[Check, ...]] = (
     Check("bash_repl_host_calls", repl_checks.bash_repl_host_calls,
           requires=("exec.bash", "repl.bash", "host_call"),
           reason="without Python the recursion is a command (4.1)"),
+    Check("prompt_ref_payload", prompt_ref_checks.prompt_ref_payload, requires=REFS,
+          reason="the host tells the child's model size, lines and prefix, and records the digest (4.2)"),
+    Check("prompt_ref_opt_in", prompt_ref_checks.prompt_ref_opt_in, requires=REFS,
+          reason="at the depth limit the host needs the text for a plain chat call (4.2)"),
+    Check("bind_refs_text", prompt_ref_checks.bind_refs_text, requires=REFS,
+          reason="the child must get the parent's text exactly, and a fresh question (3.2, 4.2)"),
+    Check("bind_refs_unknown_ref", prompt_ref_checks.bind_refs_unknown_ref, requires=REFS,
+          reason="a stale ref must be refused by name, not bind nothing (3.4)"),
+    Check("prompt_ref_lifetime", prompt_ref_checks.prompt_ref_lifetime, requires=REFS,
+          reason="a child outlives its parent's block and is re-bound after a reset; refs must not leak (4.2)"),
+    Check("bind_refs_limit", prompt_ref_checks.bind_refs_limit, requires=REFS,
+          reason="each name is a descriptor on one message; beyond 16 the guest refuses (3.2, 6)"),
+    Check("prompt_ref_batched", prompt_ref_checks.prompt_ref_batched, requires=REFS,
+          reason="the fan-out is where refs pay off; each child must get its own piece (4.2)"),
     Check("session_busy", session_busy,
           reason="one block at a time per session; the second is refused, the first unharmed (3.4)"),
     Check("set_vars_while_busy", session_checks.set_vars_while_busy,

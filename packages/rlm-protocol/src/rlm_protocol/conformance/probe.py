@@ -237,10 +237,10 @@ class Probe:
             raise CheckFailed(f"{what}: the ErrorFrame names session {reply.session!r}, not {session!r}")
         return reply
 
-    def open_session(self, hint: str = "s", cwd: str | None = None) -> str:
+    def open_session(self, hint: str = "s", cwd: str | None = None, *, prompt_refs: bool = False) -> str:
         session = self.link.new_session_id(hint)
         call = self.link.new_call()
-        self.send(OpenSession(session=session, call=call, cwd=cwd))
+        self.send(OpenSession(session=session, call=call, cwd=cwd, prompt_refs=prompt_refs))
         opened = self.expect(SessionOpened, call, f"OpenSession {session!r}")
         if opened.session != session:
             raise CheckFailed(f"SessionOpened names session {opened.session!r}, not {session!r}")
