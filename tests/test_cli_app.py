@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -183,9 +184,11 @@ def test_the_block_timeout_is_an_observation_and_the_run_goes_on(tmp_path: Path)
 
 
 def test_doctor_names_what_is_missing_and_the_fix(tmp_path: Path) -> None:
-    with ScriptedModel(lambda request: "unused") as server:
-        # The scripted server has no /api/tags: the model-server check fails, with its fix.
-        done = rlm("doctor", "--json", env={"OLLAMA_HOST": server.url, "RLM_ACCEL": "tcg"})
+    # A port nothing listens on: the model-server check fails, with its fix.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    done = rlm("doctor", "--json", env={"OLLAMA_HOST": closed, "RLM_ACCEL": "tcg"})
     checks = {check["name"]: check for check in json.loads(done.stdout)}
     assert {"qemu", "accelerator", "cache", "image", "model server"} <= set(checks)
     assert checks["accelerator"]["ok"] and "forced by RLM_ACCEL" in checks["accelerator"]["detail"]
