@@ -115,7 +115,7 @@ def test_run_flags_reach_the_run(tmp_path: Path) -> None:
         done = rlm(
             "run", str(task), "--isolation", "local", "--llm-url", server.url, "--model", "m",
             "--stream", "--max-depth", "1", "--max-model-calls", "9", "--max-seconds", "300",
-            "--concurrency", "2", "--context-tokens", "50000", "--tool-timeout", "7",
+            "--concurrency", "2", "--context-tokens", "50000",
             "--trajectory", str(trajectory),
         )
     assert done.returncode == 0, done.stderr
@@ -131,6 +131,31 @@ def test_run_flags_reach_the_run(tmp_path: Path) -> None:
     }
     # --max-depth 1: rlm_query is a plain call.
     assert [c.kind for c in events if isinstance(c, ChildStart) and c.method == "rlm_query"] == ["leaf"]
+
+
+SLOW_TOOL = '''
+import time
+
+def slow() -> str:
+    """Take far longer than --tool-timeout allows."""
+    time.sleep(3600)
+    return "never"
+'''
+
+
+def test_tool_timeout_is_what_model_code_sees(tmp_path: Path) -> None:
+    (tmp_path / "slowtools.py").write_text(SLOW_TOOL)
+    task = tmp_path / "task.txt"
+    task.write_text("the task\n")
+    code = "try:\n    slow()\nexcept Exception as error:\n    Final = str(error)"
+    with ScriptedModel(lambda request: fence(code)) as server:
+        done = rlm(
+            "run", str(task), "--isolation", "local", "--llm-url", server.url, "--model", "m",
+            "--tool", "slowtools:slow", "--tool-timeout", "0.5", "--trajectory", str(tmp_path / "run.jsonl"),
+            env={"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])},
+        )
+    assert done.returncode == 0, done.stderr
+    assert b"slow() did not return within 0.5 s" in done.stdout
 
 
 def _never_final(request: ChatRequest) -> Outcome:
