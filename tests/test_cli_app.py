@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -325,3 +327,25 @@ def test_image_info_and_a_build_that_finds_the_cache(vm_config: VMConfig) -> Non
     assert find_image().manifest.hash == manifest.hash
     missing = rlm("image", "info", env={"XDG_CACHE_HOME": "/nonexistent-rlm-cache"})
     assert missing.returncode != 0 and b"rlm image build" in missing.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_command_started_with_sigint_ignored_still_stops_on_a_signal(tmp_path: Path, signum: signal.Signals) -> None:
+    # As a shell script's `rlm ... &` starts it: SIGINT ignored, inherited across exec.
+    started = tmp_path / "started"
+    block = f"open({str(started)!r}, 'w').close()\nimport time\ntime.sleep(3600)"
+    cli = subprocess.Popen(
+        [*RLM, "exec", "--isolation", "local", "-c", block], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    while not started.exists():  # the block runs (the test's time limit bounds a hang)
+        assert cli.poll() is None, cli.communicate()
+        time.sleep(0.05)
+    cli.send_signal(signum)
+    try:
+        out, err = cli.communicate(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    assert cli.returncode == {signal.SIGTERM: 143, signal.SIGINT: 130}[signum], err
