@@ -21,7 +21,8 @@ Usage::
     uv run python scripts/mutants.py codec --list          # only print the mutants
     uv run python scripts/mutants.py --sample 25           # at most 25 per module, spread evenly
 
-Results go to ``bench/results/mutants.json`` (``--out``) and a table is printed.
+Results go to ``bench/results/mutants-latest.json`` (``--out``) and a table is printed;
+``bench/results/mutants.json`` keeps the before/after figures of ``docs/testing.md``.
 """
 
 from __future__ import annotations
@@ -350,7 +351,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("targets", nargs="*", choices=[*TARGETS, []], help="modules (default: all)")
     parser.add_argument("--tests", type=Path, default=ROOT / "tests", help="the tests folder")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "mutants.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "mutants-latest.json")
     parser.add_argument("--list", action="store_true", help="print the mutants, run nothing")
     parser.add_argument(
         "--sample", type=int, default=0, metavar="N",

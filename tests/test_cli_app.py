@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -116,7 +118,7 @@ def test_run_flags_reach_the_run(tmp_path: Path) -> None:
         done = rlm(
             "run", str(task), "--isolation", "local", "--llm-url", server.url, "--model", "m",
             "--stream", "--max-depth", "1", "--max-model-calls", "9", "--max-seconds", "300",
-            "--concurrency", "2", "--context-tokens", "50000", "--tool-timeout", "7",
+            "--concurrency", "2", "--context-tokens", "50000",
             "--trajectory", str(trajectory),
         )
     assert done.returncode == 0, done.stderr
@@ -132,6 +134,31 @@ def test_run_flags_reach_the_run(tmp_path: Path) -> None:
     }
     # --max-depth 1: rlm_query is a plain call.
     assert [c.kind for c in events if isinstance(c, ChildStart) and c.method == "rlm_query"] == ["leaf"]
+
+
+SLOW_TOOL = '''
+import time
+
+def slow() -> str:
+    """Take far longer than --tool-timeout allows."""
+    time.sleep(3600)
+    return "never"
+'''
+
+
+def test_tool_timeout_is_what_model_code_sees(tmp_path: Path) -> None:
+    (tmp_path / "slowtools.py").write_text(SLOW_TOOL)
+    task = tmp_path / "task.txt"
+    task.write_text("the task\n")
+    code = "try:\n    slow()\nexcept Exception as error:\n    Final = str(error)"
+    with ScriptedModel(lambda request: fence(code)) as server:
+        done = rlm(
+            "run", str(task), "--isolation", "local", "--llm-url", server.url, "--model", "m",
+            "--tool", "slowtools:slow", "--tool-timeout", "0.5", "--trajectory", str(tmp_path / "run.jsonl"),
+            env={"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])},
+        )
+    assert done.returncode == 0, done.stderr
+    assert b"slow() did not return within 0.5 s" in done.stdout
 
 
 def _never_final(request: ChatRequest) -> Outcome:
@@ -303,3 +330,25 @@ def test_image_info_and_a_build_that_finds_the_cache(vm_config: VMConfig) -> Non
     assert find_image().manifest.hash == manifest.hash
     missing = rlm("image", "info", env={"XDG_CACHE_HOME": "/nonexistent-rlm-cache"})
     assert missing.returncode != 0 and b"rlm image build" in missing.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_command_started_with_sigint_ignored_still_stops_on_a_signal(tmp_path: Path, signum: signal.Signals) -> None:
+    # As a shell script's `rlm ... &` starts it: SIGINT ignored, inherited across exec.
+    started = tmp_path / "started"
+    block = f"open({str(started)!r}, 'w').close()\nimport time\ntime.sleep(3600)"
+    cli = subprocess.Popen(
+        [*RLM, "exec", "--isolation", "local", "-c", block], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    while not started.exists():  # the block runs (the test's time limit bounds a hang)
+        assert cli.poll() is None, cli.communicate()
+        time.sleep(0.05)
+    cli.send_signal(signum)
+    try:
+        out, err = cli.communicate(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    assert cli.returncode == {signal.SIGTERM: 143, signal.SIGINT: 130}[signum], err

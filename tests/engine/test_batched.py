@@ -11,7 +11,7 @@ import pytest
 
 from engine_harness import fence, local_options
 from rlm_host.api import run_rlm
-from rlm_host.trajectory import ChildStart, read_trajectory
+from rlm_host.trajectory import ChildEnd, ChildStart, read_trajectory
 from scripted_model import ChatRequest, ScriptedModel
 
 #: With a bound of one, each leaf reply takes this long, so that overlap would show. With a
@@ -84,3 +84,6 @@ async def test_batched_children_are_rlms_in_their_own_sessions(trajectory: Path)
     children = [e for e in read_trajectory(trajectory) if isinstance(e, ChildStart)]
     assert sorted(c.rlm for c in children) == ["0.1", "0.2", "0.3", "0.4"]
     assert {c.kind for c in children} == {"rlm"}
+    # Each child's recorded duration is a real one: within the run's.
+    ends = [e for e in read_trajectory(trajectory) if isinstance(e, ChildEnd)]
+    assert len(ends) == 4 and all(0 < e.duration <= result.duration for e in ends)

@@ -412,3 +412,19 @@ async def test_large_frames_reach_their_sessions_whole(connection: GuestConnecti
         await a.set_vars({"prompt": big})
     result = await b.exec("Final = len(prompt)")
     assert result.final is not None and result.final.value == 70_000
+
+
+async def test_a_final_that_is_not_strict_json_is_refused(connection: GuestConnection) -> None:
+    session = await connection.open_session()
+    result = await session.exec("Final = float('nan')")
+    assert result.final is not None and not result.final.ok and result.final.value is None
+    assert result.final.error  # why, for the model
+    good = await session.exec("Final = {'a': (1, 2)}")
+    assert good.final is not None and good.final.ok and good.final.value == {"a": [1, 2]}
+
+
+async def test_a_traceback_shows_the_models_code_only(connection: GuestConnection) -> None:
+    session = await connection.open_session()
+    result = await session.exec("x = 1\ndef f():\n    return 1 / 0\nf()")
+    assert result.error is not None and result.error.name == "ZeroDivisionError"
+    assert "<rlm-repl>" in result.error.traceback and "rlm_guest" not in result.error.traceback

@@ -128,6 +128,11 @@ def main() -> None:
     handled: QEMU dies with us through ``PR_SET_PDEATHSIG``.)
     """
     terminated: list[int] = []
+    # A command started in the background by a shell without job control (``rlm ... &`` in a
+    # script) inherits SIGINT ignored, and the SIGINT below would then do nothing: SIGTERM
+    # would be ignored too. SIGINT is how this command stops cleanly, so it is always handled.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         terminated.append(signum)
