@@ -49,7 +49,9 @@ class SharedVM:
     async def _serve(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
         self._stop = trio.Event()
-        async with open_vm(self.config) as vm, GuestConnection.open(vm.stream, death_detail=vm.death_detail) as conn:
+        async with open_vm(self.config) as vm, GuestConnection.open(
+            vm.stream, death_detail=vm.death_detail, cpu_waits=vm.cpu_waits
+        ) as conn:
             self.vm, self.connection = vm, conn
             self._ready.set()
             await self._stop.wait()
