@@ -25,6 +25,7 @@ from rlm_protocol import (
     VarsState,
     encode,
 )
+from rlm_protocol.codec import HEADER_BYTES, decode_body
 from rlm_protocol.frames import AnyFrame
 
 SAMPLES = [
@@ -163,3 +164,28 @@ def test_fuzz_wrong_shapes_only_raise_protocol_error(fields: dict[str, object]) 
         FrameDecoder().feed(len(body).to_bytes(4, "big") + body)
     except ProtocolError:
         pass
+
+
+def test_feed_raw_returns_each_frame_whole_split_at_every_offset() -> None:
+    # The guest's relay forwards frames it has not decoded: each must come out byte for byte,
+    # length prefix included, in order, however the stream was cut.
+    framed = [encode(frame) for frame in SAMPLES]
+    stream = b"".join(framed)
+    for cut in range(len(stream) + 1):
+        decoder = FrameDecoder()
+        got = decoder.feed_raw(stream[:cut]) + decoder.feed_raw(stream[cut:])
+        assert got == framed, cut
+        assert decoder.buffered == 0
+    assert [decode_body(raw[HEADER_BYTES:]) for raw in framed] == SAMPLES
+
+
+def test_missing_counts_the_bytes_still_to_come() -> None:
+    # The host's reader uses it to fetch the rest of a large frame in one loop.
+    data = encode(SetVars(session="s", call=1, values={"prompt": "y" * 1000}))
+    decoder = FrameDecoder()
+    assert decoder.missing == 0
+    decoder.feed(data[:2])
+    assert decoder.missing == 0  # the length is not known yet
+    decoder.feed(data[2:10])
+    assert decoder.missing == len(data) - 10
+    assert decoder.feed(data[10:]) != [] and decoder.missing == 0
