@@ -352,3 +352,22 @@ def test_a_command_started_with_sigint_ignored_still_stops_on_a_signal(tmp_path:
             cli.kill()
             cli.wait()
     assert cli.returncode == {signal.SIGTERM: 143, signal.SIGINT: 130}[signum], err
+
+
+# --- rlm bench -------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(900)
+def test_bench_runs_the_engine_workloads_and_writes_its_results(vm_config: VMConfig, tmp_path: Path) -> None:
+    """``rlm bench`` as typed: the engine part, quick, into a file of the test's own (never the
+    committed bench/results/latest.json). Its figures are not judged, only that they are there."""
+    out = tmp_path / "bench.json"
+    done = rlm("bench", "--quick", "--only", "engine", "--json", "--output", str(out))
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    printed = json.loads(done.stdout)
+    assert json.loads(out.read_text()) == printed
+    ours = printed["engine"]["ours"]
+    assert printed["machine"]["accel"] in ("kvm", "tcg") and printed["quick"] is True
+    for row in ("step_overhead", "children_8", "leaves_8", "fanout_16mib", "fanout_64kib"):
+        assert isinstance(ours[row], float) and ours[row] > 0, (row, ours)
+    assert "vm" not in printed and "boot" not in printed

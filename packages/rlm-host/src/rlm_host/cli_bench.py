@@ -30,6 +30,12 @@ def find_checkout(start: Path | None = None) -> Path | None:
 def bench(
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     quick: Annotated[bool, typer.Option(help="Fewer repetitions (a few minutes instead of ~15).")] = False,
+    only: Annotated[
+        list[str] | None, typer.Option(help="Run only these parts (vm, boot, engine); repeatable.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Write the results here instead of bench/results/latest.json.")
+    ] = None,
 ) -> None:
     """Measure channel, exec, boot and engine speed beside the seed's design and rlms."""
     root = find_checkout() or find_checkout(Path.cwd() / "x")
@@ -37,4 +43,8 @@ def bench(
         print("rlm: the benchmarks live in the rlm repository (bench/); run this from a checkout", file=sys.stderr)
         raise typer.Exit(2)
     argv = [sys.executable, "-m", "bench", *(["--json"] if as_json else []), *(["--quick"] if quick else [])]
+    for part in only or []:
+        argv += ["--only", part]
+    if output is not None:
+        argv += ["--output", str(output.resolve())]
     raise typer.Exit(subprocess.call(argv, cwd=root))
