@@ -141,6 +141,12 @@ class RequestRecord:
     status: int = 0
     request: ChatRequest | None = None
 
+    def finish(self) -> None:
+        """Mark the request served, before its last bytes go out: once the client has them it
+        may send its next request, which must not count as overlapping this one."""
+        if not self.end:
+            self.end = time.monotonic()
+
 
 def _usage_numbers(request: ChatRequest, reply: Reply) -> tuple[int, int]:
     prompt = reply.prompt_tokens if reply.prompt_tokens is not None else request.body_bytes // 4
@@ -293,7 +299,7 @@ class ScriptedModel:
                 try:
                     self._serve(record)
                 finally:
-                    record.end = time.monotonic()
+                    record.finish()
 
             def do_GET(self) -> None:
                 self._serve_other("GET")
@@ -409,6 +415,7 @@ class ScriptedModel:
                     }
                     if reply.report_usage:
                         last.update(prompt_eval_count=prompt, eval_count=completion)
+                    record.finish()
                     self.wfile.write(json.dumps(last).encode() + b"\n")
                     return
                 self.send_header("Content-Type", "text/event-stream")
@@ -424,6 +431,7 @@ class ScriptedModel:
                     self.wfile.write(
                         b"data: " + json.dumps({"choices": [], "usage": usage}).encode() + b"\n\n"
                     )
+                record.finish()
                 self.wfile.write(b"data: [DONE]\n\n")
 
             def _send_json(self, record: RequestRecord, status: int, data: dict[str, Any]) -> None:
@@ -435,6 +443,7 @@ class ScriptedModel:
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                record.finish()
                 self.wfile.write(body)
 
         return Handler
