@@ -64,9 +64,16 @@ def _wait_for_qemu(cli: subprocess.Popen[bytes], timeout: float = 600) -> tuple[
         assert cli.poll() is None, cli.communicate()
         for child in _children(cli.pid):
             if _comm(child).startswith("qemu-system"):
-                cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-                sock = next(a for a in cmdline if b"agent.sock" in a).decode()
-                run_dir = Path(sock.split("path=")[1].split(",")[0]).parent
+                # Only the VM has an agent socket: the command also runs short-lived QEMUs of
+                # its own (the accelerator probe, version queries), which are not the VM.
+                try:
+                    cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                sock = next((a for a in cmdline if b"agent.sock" in a), None)
+                if sock is None:
+                    continue
+                run_dir = Path(sock.decode().split("path=")[1].split(",")[0]).parent
                 return child, run_dir
         time.sleep(0.05)
     raise AssertionError("the command started no QEMU")
