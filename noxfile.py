@@ -20,7 +20,7 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def mypy(session: nox.Session) -> None:
-    """mypy --strict over the three packages (configured in pyproject.toml)."""
+    """mypy --strict over the three packages and tests/ (configured in pyproject.toml)."""
     session.run("uv", "run", "--frozen", "mypy", external=True)
 
 

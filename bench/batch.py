@@ -23,12 +23,12 @@ from typing import Any
 
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rlm_host.api import RunOptions  # noqa: E402
 from rlm_host.batch import BatchOptions, Task, run_batch  # noqa: E402
 from rlm_host.vm import probe_accel  # noqa: E402
-from scripted_model import ChatRequest, ScriptedModel  # noqa: E402
+from tests.scripted_model import ChatRequest, ScriptedModel  # noqa: E402
 
 
 def script(request: ChatRequest) -> str:

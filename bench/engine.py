@@ -29,8 +29,8 @@ from .vm_bench import MIB, prompt_text
 from .workload import Script, Workload, root_gaps
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from scripted_model import ScriptedModel  # noqa: E402
+sys.path.insert(0, str(ROOT))
+from tests.scripted_model import ScriptedModel  # noqa: E402
 
 RLMS_VENV = ROOT / "bench" / ".venv-rlms"
 RLMS_PYTHON = RLMS_VENV / "bin" / "python"

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model_servers import OllamaServer, OpenAIServer  # noqa: E402
+from tests.model_servers import OllamaServer, OpenAIServer  # noqa: E402
 from rlm_host.llm import LlmConfig, open_client  # noqa: E402
 
 REPEATS = 50

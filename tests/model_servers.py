@@ -30,7 +30,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from scripted_model import ChatRequest, Fail, Outcome, Reply, Script, ScriptedModel
+from tests.scripted_model import ChatRequest, Fail, Outcome, Reply, Script, ScriptedModel
 
 __all__ = ["OLLAMA_DEFAULT_WINDOW", "ModelCard", "OllamaServer", "OpenAIServer", "Thought", "tokens"]
 

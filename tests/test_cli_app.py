@@ -25,7 +25,7 @@ from rlm_host.cli import app
 from rlm_host.trajectory import ChildStart, RunStart, read_trajectory
 from rlm_host.vm import VMConfig
 from rlm_host.vm.accel import probe_accel
-from scripted_model import ChatRequest, Hang, Outcome, ScriptedModel
+from tests.scripted_model import ChatRequest, Hang, Outcome, ScriptedModel
 
 RLM = [sys.executable, "-c", "from rlm_host.cli import main; main()"]
 COMMANDS = ["exec", "run", "view", "chat", "image", "doctor", "bench", "batch", "conformance"]

@@ -17,8 +17,8 @@ import pytest
 
 from rlm_host.vm import VMConfig, build_image, find_qemu
 from rlm_host.vm.connect import prepare_vm_config
-from missing_part import require
-from vm_harness import SharedVM
+from tests.missing_part import require
+from tests.vm_harness import SharedVM
 
 
 class _PrintReporter:

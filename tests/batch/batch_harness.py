@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from scripted_model import ChatRequest
+from tests.scripted_model import ChatRequest
 
 #: The id of the task whose code kills its guest (the agent, so the VM powers off).
 KILLER = "t-kill"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rlm_host.vm import build_image
-from vm_plugin import require_qemu
+from tests.vm_plugin import require_qemu
 
 
 class _PrintReporter:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from batch_harness import KILLER, LOOPER, read_lines, script, write_tasks
-from scripted_model import ScriptedModel
+from tests.batch.batch_harness import KILLER, LOOPER, read_lines, script, write_tasks
+from tests.scripted_model import ScriptedModel
 
 #: The lead mounts ``batch`` in ``rlm_host.cli``; the test mounts it itself.
 BATCH_APP = (

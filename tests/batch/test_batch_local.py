@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from batch_harness import KILLER, LOOPER, script, write_tasks
+from tests.batch.batch_harness import KILLER, LOOPER, script, write_tasks
 from rlm_host.api import Price, RunOptions
 from rlm_host.batch import (
     BatchOptions,
@@ -22,7 +22,7 @@ from rlm_host.batch import (
     read_tasks,
     run_batch,
 )
-from scripted_model import ScriptedModel
+from tests.scripted_model import ScriptedModel
 
 
 def batch_options(url: str, tmp_path: Path, **changes: object) -> BatchOptions:

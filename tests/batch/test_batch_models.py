@@ -9,7 +9,7 @@ import trio
 
 from rlm_host.api import RunOptions
 from rlm_host.batch import BatchOptions, read_tasks, run_batch
-from scripted_model import ChatRequest, ScriptedModel
+from tests.scripted_model import ChatRequest, ScriptedModel
 
 GUARD_SECONDS = 120
 

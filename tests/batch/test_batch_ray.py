@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from missing_part import require
-from batch_harness import KILLER, LOOPER, script, write_tasks
+from tests.missing_part import require
+from tests.batch.batch_harness import KILLER, LOOPER, script, write_tasks
 from rlm_host.api import RunOptions
 from rlm_host.batch import BatchOptions, TaskResult, read_tasks, run_batch
-from scripted_model import ScriptedModel
+from tests.scripted_model import ScriptedModel
 
 
 #: Ray's own start-up takes a minute or more on a loaded two-core machine.

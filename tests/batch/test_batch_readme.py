@@ -9,8 +9,8 @@ from pathlib import Path
 
 import trio
 
-from batch_harness import fence
-from scripted_model import ChatRequest, ScriptedModel
+from tests.batch.batch_harness import fence
+from tests.scripted_model import ChatRequest, ScriptedModel
 
 README = Path(__file__).parents[2] / "README.md"
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from batch_harness import KILLER, LOOPER, script, write_tasks
+from tests.batch.batch_harness import KILLER, LOOPER, script, write_tasks
 from rlm_host.api import RunOptions
 from rlm_host.batch import BatchOptions, read_tasks, run_batch
-from scripted_model import ScriptedModel
+from tests.scripted_model import ScriptedModel
 
 pytestmark = pytest.mark.vm
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from engine_harness import fence, local_options
+from tests.engine.engine_harness import fence, local_options
 from rlm_host.api import run_rlm
 from rlm_host.trajectory import ChildEnd, ChildStart, read_trajectory
-from scripted_model import ChatRequest, ScriptedModel
+from tests.scripted_model import ChatRequest, ScriptedModel
 
 #: With a bound of one, each leaf reply takes this long, so that overlap would show. With a
 #: bound of eight, overlap is not left to timing: every leaf reply waits until all eight

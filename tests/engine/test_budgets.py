@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from engine_harness import fence, local_options
+from tests.engine.engine_harness import fence, local_options
 from rlm_host.api import run_rlm
 from rlm_host.engine import MAX_STEPS_ANSWER
 from rlm_host.engine.budget import Limits, Price, load_prices, parse_price
 from rlm_host.trajectory import BudgetStop, ChildStart, RunEnd, read_trajectory
-from scripted_model import ChatRequest, Hang, Outcome, Reply, ScriptedModel
+from tests.scripted_model import ChatRequest, Hang, Outcome, Reply, ScriptedModel
 
 
 def never_final(request: ChatRequest) -> str:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import trio
 
-from engine_harness import fence
-from pdf_maker import write_pdf
-from scripted_model import ChatRequest, ScriptedModel
+from tests.engine.engine_harness import fence
+from tests.pdf_maker import write_pdf
+from tests.scripted_model import ChatRequest, ScriptedModel
 
 #: The lead mounts ``run`` in ``rlm_host.cli``; the test mounts it itself so that it tests
 #: exactly this command.

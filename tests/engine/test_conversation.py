@@ -9,10 +9,10 @@ from pathlib import Path
 
 import trio
 
-from engine_harness import fence, local_options
+from tests.engine.engine_harness import fence, local_options
 from rlm_host.api import Conversation
 from rlm_host.trajectory import Question, RunStart, read_trajectory
-from scripted_model import ChatRequest, ScriptedModel
+from tests.scripted_model import ChatRequest, ScriptedModel
 
 TURN_CODE = {
     "How many words?": 'words = prompt.split("[BEGIN CONTEXT]")[1].split("[END CONTEXT]")[0].split()\nFinal = len(words)',

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from engine_harness import fence, local_options
+from tests.engine.engine_harness import fence, local_options
 from rlm_host.api import Price, run_rlm
 from rlm_host.trajectory import BudgetStop, RunEnd, read_trajectory
-from scripted_model import Reply, ScriptedModel
+from tests.scripted_model import Reply, ScriptedModel
 
 RUN_APP = (
     "import typer; from rlm_host.cli_run import run; "

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from engine_harness import fence, local_options
+from tests.engine.engine_harness import fence, local_options
 from rlm_host.api import run_rlm
 from rlm_host.llm import ModelNotFound, ModelResponseError, ModelServerDown
 from rlm_host.trajectory import ChildEnd, EngineError, ModelResponse, RunEnd, read_trajectory
-from scripted_model import ChatRequest, Fail, Malformed, Outcome, ScriptedModel
+from tests.scripted_model import ChatRequest, Fail, Malformed, Outcome, ScriptedModel
 
 
 def unused_port() -> int:

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from engine_harness import fence
-from scripted_model import ChatRequest, ScriptedModel
+from tests.engine.engine_harness import fence
+from tests.scripted_model import ChatRequest, ScriptedModel
 
 ROOT = Path(__file__).resolve().parents[2]
 RELAY = ROOT / "tests" / "protocol" / "defective_guests" / "relay.py"

@@ -11,10 +11,10 @@ from pathlib import Path
 import msgspec
 import trio
 
-from engine_harness import fence, local_options
+from tests.engine.engine_harness import fence, local_options
 from rlm_host.api import HostTool, run_rlm
 from rlm_host.trajectory import ChildStart, ToolCall, read_trajectory
-from scripted_model import ChatRequest, ScriptedModel
+from tests.scripted_model import ChatRequest, ScriptedModel
 
 
 class Doc(msgspec.Struct):

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from engine_harness import fence, local_options
+from tests.engine.engine_harness import fence, local_options
 from rlm_host.api import run_rlm
 from rlm_host.engine import NO_BLOCK_REPROMPT
 from rlm_host.llm import Api
 from rlm_host.trajectory import BlockRun, FinalSet, Observation, RunEnd, RunStart, read_trajectory
-from scripted_model import ChatRequest, ScriptedModel
+from tests.scripted_model import ChatRequest, ScriptedModel
 
 
 def observation_of(request: ChatRequest) -> dict[str, object]:

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from engine_harness import fence, local_options
-from model_servers import ModelCard, OllamaServer, OpenAIServer, Thought
+from tests.engine.engine_harness import fence, local_options
+from tests.model_servers import ModelCard, OllamaServer, OpenAIServer, Thought
 from rlm_host.api import run_rlm
 from rlm_host.engine import NO_BLOCK_REPROMPT
-from rlm_host.llm import ModelNotFound
+from rlm_host.llm import Api, ModelNotFound
 from rlm_host.trajectory import (
     Compaction,
     ContextOverflow,
@@ -31,8 +32,8 @@ from rlm_host.trajectory import (
     read_trajectory,
 )
 from rlm_host.viewer.tree import build_view
-from scripted_model import ChatRequest, Outcome, ScriptedModel
-from test_cli_run import rlm_run
+from tests.scripted_model import ChatRequest, Outcome, Script, ScriptedModel
+from tests.engine.test_cli_run import rlm_run
 
 #: A whole local run here takes seconds; a hang fails by name.
 GUARD_SECONDS = 120
@@ -47,7 +48,7 @@ def two_steps(request: ChatRequest) -> Thought:
     return Thought(fence("Final = value"), reasoning="The value is computed; set Final.")
 
 
-SERVERS = {
+SERVERS: dict[str, Callable[[Script], ScriptedModel]] = {
     "ollama-thinking": lambda script: OllamaServer(script, models=(ModelCard("scripted"),)),
     "vllm-reasoning": lambda script: OpenAIServer(script, models=(ModelCard("scripted"),)),
     "vllm-reasoning_content": lambda script: OpenAIServer(
@@ -63,7 +64,7 @@ SERVERS = {
 @pytest.mark.parametrize("shape", sorted(SERVERS))
 @pytest.mark.parametrize("stream", [False, True])
 async def test_reasoning_is_kept_apart_and_the_decoy_never_runs(shape: str, stream: bool, trajectory: Path) -> None:
-    api = "ollama" if shape.startswith("ollama") else "openai"
+    api: Api = "ollama" if shape.startswith("ollama") else "openai"
     with SERVERS[shape](two_steps) as server, trio.fail_after(GUARD_SECONDS):
         result = await run_rlm("task", options=local_options(server.url, trajectory, api=api, stream=stream))
     assert result.answer == "right", result.detail

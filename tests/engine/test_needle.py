@@ -6,12 +6,12 @@ import random
 import string
 from pathlib import Path
 
-from engine_harness import fence, local_options
+from tests.engine.engine_harness import fence, local_options
 from rlm_host.api import run_rlm
 from rlm_host.engine import system_prompt
 from rlm_host.trajectory import ChildEnd, ChildStart, read_trajectory
 from rlm_protocol import PROMPT_PREFIX_CHARS
-from scripted_model import ChatRequest, ScriptedModel
+from tests.scripted_model import ChatRequest, ScriptedModel
 
 SECRET = "KX-4471-ZEBRA"
 SNIPPET_RADIUS = 200

@@ -16,12 +16,12 @@ import pytest
 import trio
 
 import rlm_host.api
-from engine_harness import fence, local_options
+from tests.engine.engine_harness import fence, local_options
 from rlm_host import GuestConnection, GuestDiedError
 from rlm_host.api import run_rlm
 from rlm_host.isolation import GuestOptions, Isolation, open_guest
 from rlm_host.trajectory import EngineError, ModelRequest, RunEnd, read_trajectory
-from scripted_model import ChatRequest, Hang, ScriptedModel
+from tests.scripted_model import ChatRequest, Hang, ScriptedModel
 
 #: A guard against a hang in a broken engine, not a timing assertion.
 GUARD_SECONDS = 60

@@ -13,12 +13,12 @@ import pytest
 import trio
 
 import rlm_host.connection
-from engine_harness import fence, local_options
+from tests.engine.engine_harness import fence, local_options
 from rlm_host import GuestConnection, open_local_guest
 from rlm_host.api import run_rlm
 from rlm_host.trajectory import ChildStart, read_trajectory
-from rlm_protocol import PROMPT_REF, text_blake2b
-from scripted_model import ChatRequest, ScriptedModel
+from rlm_protocol import CAPABILITIES, PROMPT_REF, text_blake2b
+from tests.scripted_model import ChatRequest, ScriptedModel
 
 #: 1 MiB of lines cut in 4 pieces; each child reports its piece's size and ends.
 PIECES = 4
@@ -96,7 +96,7 @@ async def test_a_host_that_does_not_use_prompt_ref_gets_the_text(
 ) -> None:
     """Without the capability in ``welcome`` (an older host or guest) the 1.0 way still works."""
     monkeypatch.setattr(
-        rlm_host.connection, "CAPABILITIES", tuple(c for c in rlm_host.connection.CAPABILITIES if c != PROMPT_REF)
+        rlm_host.connection, "CAPABILITIES", tuple(c for c in CAPABILITIES if c != PROMPT_REF)
     )
     answer, received, children, _ = await fan_out(trajectory)
     piece = len(PROMPT) // PIECES

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from engine_harness import fence
-from scripted_model import ChatRequest, ScriptedModel
+from tests.engine.engine_harness import fence
+from tests.scripted_model import ChatRequest, ScriptedModel
 
 README = Path(__file__).parents[2] / "packages" / "rlm-host" / "README.md"
 

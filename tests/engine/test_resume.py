@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from engine_harness import fence, local_options
+from tests.engine.engine_harness import fence, local_options
 from rlm_host.api import resume_rlm, run_rlm
 from rlm_host.tools import load_tool
 from rlm_host.trajectory import ChildStart, Resumed, RunStart, read_trajectory
-from scripted_model import ChatRequest, Hang, Outcome, ScriptedModel
+from tests.scripted_model import ChatRequest, Hang, Outcome, ScriptedModel
 
 RUN_APP = (
     "import typer; from rlm_host.cli_run import run; "

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from engine_harness import fence, local_options
+from tests.engine.engine_harness import fence, local_options
 from rlm_host.api import resume_rlm, run_rlm
 from rlm_host.resume import ResumeError
 from rlm_host.trajectory import RunStart, read_trajectory
-from scripted_model import ChatRequest, ScriptedModel
+from tests.scripted_model import ChatRequest, ScriptedModel
 
 STEPS = {0: "a = 6", 1: "b = 7", 2: "Final = a * b"}
 

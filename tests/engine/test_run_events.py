@@ -7,10 +7,10 @@ from pathlib import Path
 import msgspec
 import trio
 
-from engine_harness import fence, local_options
+from tests.engine.engine_harness import fence, local_options
 from rlm_host.api import open_run, run_rlm_sync
 from rlm_host.trajectory import Event, FinalSet, ModelRequest, RunEnd, RunStart, ToolCall, read_trajectory
-from scripted_model import ChatRequest, Hang, ScriptedModel
+from tests.scripted_model import ChatRequest, Hang, ScriptedModel
 
 
 def lookup(key: str) -> str:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import msgspec
 
-from engine_harness import fence, local_options
+from tests.engine.engine_harness import fence, local_options
 from rlm_host.api import run_rlm
 from rlm_host.trajectory import FinalSet, Observation, read_trajectory
-from scripted_model import ChatRequest, ScriptedModel
+from tests.scripted_model import ChatRequest, ScriptedModel
 
 
 class Verdict(msgspec.Struct):

@@ -19,7 +19,7 @@ from rlm_host.llm import (
     ModelServerError,
     open_client,
 )
-from scripted_model import ChatRequest, Fail, Malformed, Reply, ScriptedModel
+from tests.scripted_model import ChatRequest, Fail, Malformed, Reply, ScriptedModel
 
 APIS: list[Api] = ["ollama", "openai"]
 

@@ -20,7 +20,7 @@ from dataclasses import replace
 import pytest
 import trio
 
-from model_servers import ModelCard, OllamaServer, OpenAIServer, Thought
+from tests.model_servers import ModelCard, OllamaServer, OpenAIServer, Thought
 from rlm_host.llm import ContextLengthExceeded, LlmConfig, ModelNotFound, open_client
 from rlm_host.llm.check import check_model
 

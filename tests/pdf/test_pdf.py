@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pdf_maker import write_pdf
+from tests.pdf_maker import write_pdf
 from rlm_host.pdf import PdfError, is_pdf, pdf_text
 
 

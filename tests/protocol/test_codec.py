@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import typing
+
 import msgspec
 import pytest
 from hypothesis import given, settings
@@ -51,7 +53,7 @@ SAMPLES = [
 
 
 def test_every_frame_kind_has_a_unique_tag() -> None:
-    tags = [t.__struct_config__.tag for t in AnyFrame.__args__]
+    tags = [t.__struct_config__.tag for t in typing.get_args(AnyFrame)]
     assert len(tags) == len(set(tags)) == 17
 
 

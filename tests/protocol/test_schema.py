@@ -33,7 +33,7 @@ from rlm_protocol import (
     Limits,
     UnknownFrame,
 )
-from missing_part import require
+from tests.missing_part import require
 from rlm_protocol.conformance import run_conformance
 from rlm_protocol.schema import (
     WRITE_COMMAND,

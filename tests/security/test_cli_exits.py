@@ -19,7 +19,7 @@ import pytest
 from rlm_host.trajectory import read_trajectory
 from rlm_host.vm import VMConfig
 
-from scripted_model import ChatRequest, ScriptedModel
+from tests.scripted_model import ChatRequest, ScriptedModel
 
 pytestmark = pytest.mark.vm
 

@@ -34,7 +34,7 @@ from rlm_protocol import (
     encode,
 )
 from rlm_protocol.frames import AnyFrame
-from vm_harness import SharedVM
+from tests.vm_harness import SharedVM
 
 VALID = [
     Hello(

@@ -19,9 +19,9 @@ import pytest
 
 from rlm_host.connection import GuestConnection
 from rlm_host.engine.prompts import observation_message
-from vm_harness import SharedVM
+from tests.vm_harness import SharedVM
 
-from conftest import guest_processes
+from tests.security.guest_probe import guest_processes
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,9 +11,9 @@ import trio
 from rlm_host.connection import GuestConnection
 from rlm_host.engine.prompts import observation_message
 from rlm_protocol import HostCall
-from vm_harness import SharedVM
+from tests.vm_harness import SharedVM
 
-from conftest import host_rss_kib
+from tests.security.guest_probe import host_rss_kib
 
 pytestmark = pytest.mark.vm
 

@@ -23,9 +23,10 @@ import trio
 
 from rlm_host.engine.prompts import observation_message
 from rlm_host.connection import GuestConnection
-from vm_harness import SharedVM
+from rlm_protocol import Language
+from tests.vm_harness import SharedVM
 
-from conftest import guest_processes
+from tests.security.guest_probe import guest_processes
 
 pytestmark = pytest.mark.vm
 
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.vm
 #: session, but a loaded machine under TCG may take longer).
 STOP_AFTER = 1.0
 
-HOSTILE = {
+HOSTILE: dict[str, tuple[str, Language]] = {
     "busy_loop": ("while True:\n    pass", "python"),
     "sleep_in_c": ("import time\ntime.sleep(10**6)", "python"),
     # Unbounded: every process forks forever, ignoring failures (the session's cgroup caps it).
@@ -72,11 +73,11 @@ async def test_hostile_block_is_stopped_and_leaves_nothing(shared_vm: SharedVM, 
             await session.exec("kept = 42")
             started = time.monotonic()
             if how == "timeout":
-                result = await session.exec(code, language, timeout=STOP_AFTER)  # type: ignore[arg-type]
+                result = await session.exec(code, language, timeout=STOP_AFTER)
             else:
                 result = None
                 with trio.move_on_after(STOP_AFTER):
-                    await session.exec(code, language)  # type: ignore[arg-type]
+                    await session.exec(code, language)
             stopped = time.monotonic() - started - STOP_AFTER
             after_block = await session.exec("print(globals().get('kept'))")
         after = await guest_processes(conn)

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
-# The scenario reuses the engine tests' harness (``local_options``, ``fence``).
-sys.path.insert(0, str(Path(__file__).parent.parent / "engine"))
-
-from browser import Browser, chromium_path  # noqa: E402
-from missing_part import require  # noqa: E402
-from scenario import run_scenario  # noqa: E402
+from tests.missing_part import require
+from tests.viewer.browser import Browser, chromium_path
+from tests.viewer.scenario import run_scenario
 
 
 @pytest.fixture(scope="session")

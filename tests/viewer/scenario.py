@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from engine_harness import fence, local_options
+from tests.engine.engine_harness import fence, local_options
 from rlm_host.api import RunResult, run_rlm
-from scripted_model import ChatRequest, ScriptedModel
+from tests.scripted_model import ChatRequest, ScriptedModel
 
 __all__ = ["HOSTILE", "PROMPT", "run_scenario"]
 
@@ -73,7 +74,7 @@ def _script(request: ChatRequest) -> str:
     return fence(code, language)
 
 
-async def run_scenario(trajectory: Path) -> RunResult:
+async def run_scenario(trajectory: Path) -> RunResult[Any]:
     """Run the scenario, writing its trajectory to ``trajectory``; returns the run's result."""
     with ScriptedModel(_script, latency=0.05) as server:
         result = await run_rlm(

@@ -1,6 +1,6 @@
 """Make ``docs/viewer.png``: the scenario's run, rendered, in headless Chromium at 1400x1000.
 
-Run from the repository root: ``uv run python tests/viewer/screenshot.py docs/viewer.png``. The
+Run from the repository root: ``uv run python -m tests.viewer.screenshot docs/viewer.png``. The
 first two root steps are folded so that the picture shows batched children side by side.
 """
 
@@ -12,12 +12,9 @@ from pathlib import Path
 
 import trio
 
-sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parent.parent), str(Path(__file__).parent.parent / "engine")]
-
-from browser import Browser, chromium_path  # noqa: E402
-from scenario import run_scenario  # noqa: E402
-
-from rlm_host.viewer import render_trajectory  # noqa: E402
+from rlm_host.viewer import render_trajectory
+from tests.viewer.browser import Browser, chromium_path
+from tests.viewer.scenario import run_scenario
 
 
 def main(output: Path) -> None:

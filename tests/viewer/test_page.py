@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from browser import Browser, Page
-from engine_harness import fence, local_options
+from tests.viewer.browser import Browser, Page
+from tests.engine.engine_harness import fence, local_options
 from rlm_host.api import run_rlm
 from rlm_host.llm import ModelError
 from rlm_host.trajectory import ChildStart, ModelRequest, read_trajectory
 from rlm_host.viewer import decode_lines, render_trajectory
-from scenario import HOSTILE
-from scripted_model import ChatRequest, Fail, Outcome, ScriptedModel
+from tests.viewer.scenario import HOSTILE
+from tests.scripted_model import ChatRequest, Fail, Outcome, ScriptedModel
 
 SHOWN = "(el) => el.getClientRects().length > 0"
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from engine_harness import fence
+from tests.engine.engine_harness import fence
 from rlm_host.progress import Progress
 from rlm_host.trajectory import BudgetStop, ChildEnd, ChildStart, read_trajectory
-from scripted_model import ChatRequest, ScriptedModel
+from tests.scripted_model import ChatRequest, ScriptedModel
 
 #: ``rlm run`` mounted on its own, as ``tests/engine/test_cli_run.py`` does.
 RUN_APP = "import typer; from rlm_host.cli_run import run; app = typer.Typer(); app.command()(run); app()"

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import trio
 
-from browser import Browser
-from engine_harness import fence, local_options
-from model_servers import ModelCard, OpenAIServer, Thought
+from tests.viewer.browser import Browser
+from tests.engine.engine_harness import fence, local_options
+from tests.model_servers import ModelCard, OpenAIServer, Thought
 from rich.console import Console
 from rlm_host.api import run_rlm
 from rlm_host.progress import Progress
 from rlm_host.trajectory import read_trajectory
 from rlm_host.viewer import render_trajectory
 from rlm_host.viewer.tree import build_view
-from scripted_model import ChatRequest
+from tests.scripted_model import ChatRequest
 
 GUARD_SECONDS = 120
 THOUGHT = "First I look at the prompt.\nThen   I decide.\n" + "More thinking. " * 40

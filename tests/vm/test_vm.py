@@ -18,7 +18,7 @@ from rlm_host.errors import GuestDiedError
 from rlm_host.vm import VMConfig, VMDiedError, find_image, open_vm
 from rlm_host.vm.connect import prepare_vm_config
 
-from vm_harness import SharedVM, run_block
+from tests.vm_harness import SharedVM, run_block
 
 pytestmark = pytest.mark.vm
 

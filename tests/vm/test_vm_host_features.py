@@ -17,8 +17,8 @@ import trio
 from rlm_host.api import Conversation, HostTool, RunOptions, resume_rlm, run_rlm
 from rlm_host.connection import GuestConnection
 from rlm_host.trajectory import Resumed, ToolCall, read_trajectory
-from scripted_model import ChatRequest, Outcome, ScriptedModel
-from vm_harness import SharedVM
+from tests.scripted_model import ChatRequest, Outcome, ScriptedModel
+from tests.vm_harness import SharedVM
 
 pytestmark = pytest.mark.vm
 

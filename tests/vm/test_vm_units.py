@@ -14,7 +14,7 @@ from rlm_host.vm.errors import ImageBuildError
 from rlm_host.vm.initramfs import InitramfsFile, write_cpio
 from rlm_host.vm.kernel import extract_vmlinux
 from rlm_host.vm.qemu import qemu_command
-from vm_plugin import require_qemu
+from tests.vm_plugin import require_qemu
 
 
 def _config(tmp_path: Path, **overrides: object) -> VMConfig:

@@ -91,7 +91,7 @@ class Relay:
 
     def _track_to_host(self, body: Body) -> None:
         with self.lock:
-            kind, session = body.get("kind"), body.get("session")
+            kind, session = body.get("kind"), body.get("session", "")
             if kind == "exec_result" and self.running.get(session) == body.get("call"):
                 del self.running[session]
             elif kind == "host_call":
@@ -374,7 +374,7 @@ class DropReplacement(Relay):
 
 
 def _python_exec(body: Body) -> bool:
-    return body["kind"] == "exec" and body.get("language", "python") == "python"
+    return bool(body["kind"] == "exec" and body.get("language", "python") == "python")
 
 
 class Fd1ToDevnull(Relay):

@@ -1,4 +1,4 @@
-"""Helpers of the security tests (issue 7): what runs in the guest, the host's memory.
+"""What the security tests (issue 7) observe: the processes in the guest, the host's memory.
 
 The VM fixtures (``vm_config``, ``shared_vm``) come from ``tests/vm_plugin.py``: these tests
 use the one VM of the test session, like ``tests/vm``.
