@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import typing
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from rlm_host.cli import app
+from rlm_host.cli_exit import EXIT_ERROR
+from rlm_host.cli_guest import LOCAL_WARNING
+from rlm_host.isolation import Isolation
+from rlm_host.llm import Api
 from rlm_host.trajectory import ChildStart, RunStart, read_trajectory
 from rlm_host.vm import VMConfig
 from rlm_host.vm.accel import probe_accel
@@ -49,6 +55,48 @@ def test_every_command_is_wired_into_the_app(command: str) -> None:
     assert listing.exit_code == 0 and command in listing.output
     done = CliRunner().invoke(app, [command, "--help"])
     assert done.exit_code == 0, done.output
+
+
+def _choices(command: str, option: str) -> list[str]:
+    """The values ``rlm <command> --help`` lists for ``option`` (as ``<a|b>``)."""
+    done = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert done.exit_code == 0, done.output
+    found = re.search(rf"{option}\s+<([^>]+)>", done.output)
+    assert found is not None, done.output
+    return found.group(1).split("|")
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [("exec", "--isolation"), ("run", "--isolation"), ("chat", "--isolation"), ("batch", "--isolation"),
+     ("run", "--api"), ("run", "--sub-api"), ("chat", "--api"), ("batch", "--api"), ("batch", "--sub-api")],
+)
+def test_guest_and_api_choices_are_the_library_types(command: str, option: str) -> None:
+    # Each command once had its own copy of these choices, free to drift from what the library takes.
+    expected = [member.value for member in Isolation] if option == "--isolation" else list(typing.get_args(Api))
+    assert _choices(command, option) == expected
+
+
+def test_every_command_that_runs_code_outside_the_vm_says_so_in_the_same_words(tmp_path: Path) -> None:
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("")
+    local = ["--isolation", "local", "--llm-url", "http://127.0.0.1:9", "--model", "m"]
+    runs = {
+        "exec": rlm("exec", "--isolation", "local", "-c", "pass"),
+        "run": rlm("run", *local, "--query", "q", "--llm-retries", "0"),
+        "chat": rlm("chat", *local),
+        "batch": rlm("batch", str(tasks), "-o", str(tmp_path / "out.jsonl"), *local),
+    }
+    for command, done in runs.items():
+        assert LOCAL_WARNING.encode() in done.stderr.splitlines(), (command, done.stderr)
+    # An error of rlm itself is exit status 2 and one ``rlm:`` line, whichever command met it.
+    assert runs["run"].returncode == EXIT_ERROR and b"rlm: " in runs["run"].stderr
+    failed = {
+        "view": rlm("view", str(tmp_path / "missing.jsonl")),
+        "batch": rlm("batch", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "out2.jsonl")),
+    }
+    for command, done in failed.items():
+        assert done.returncode == EXIT_ERROR and done.stderr.startswith(b"rlm: "), (command, done.stderr)
 
 
 # --- rlm exec --------------------------------------------------------------------------------

@@ -17,11 +17,13 @@ from .cli_batch import batch
 from .cli_bench import bench
 from .cli_chat import chat
 from .cli_conformance import conformance
+from .cli_exit import fail
+from .cli_guest import guest_command_argv, warn_unsandboxed
 from .cli_image import doctor, image_app
 from .cli_run import run
 from .cli_view import view
 from .errors import RlmError
-from .isolation import GuestOptions, Isolation, command_warning, guest_argv, open_guest
+from .isolation import GuestOptions, Isolation, open_guest
 
 app = typer.Typer(
     name="rlm",
@@ -76,20 +78,13 @@ def exec_command(
     if code is None:
         assert file is not None
         code = sys.stdin.read() if str(file) == "-" else file.read_text()
-    try:
-        command = None if guest_command is None else guest_argv(guest_command)
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--guest-command") from error
+    command = None if guest_command is None else guest_command_argv(guest_command)
     options = GuestOptions(isolation=isolation, memory_mb=memory_mb, network=network, command=command)
-    if command is not None:
-        print(command_warning(command), file=sys.stderr)
-    elif isolation is Isolation.local:
-        print("rlm: --isolation local runs the code on this machine, unsandboxed", file=sys.stderr)
+    warn_unsandboxed(isolation, command)
     try:
         failed = trio.run(_exec, code, language, options, timeout or None)
     except RlmError as error:
-        print(f"rlm: {error}", file=sys.stderr)
-        raise typer.Exit(2) from error
+        fail(error, cause=error)
     raise typer.Exit(1 if failed else 0)
 
 

@@ -19,7 +19,6 @@ import dataclasses
 import enum
 import inspect
 import json
-import sys
 import time
 import typing
 from pathlib import Path
@@ -33,10 +32,10 @@ from . import cli_run
 from .api import RunOptions
 from .batch import BatchOptions, BatchRun, ResultsFile, Summary, Task, TaskError, TaskResult, open_batch, read_tasks
 from .engine import Price, load_prices, parse_price
+from .cli_exit import fail
+from .cli_guest import guest_command_argv, warn_unsandboxed
 from .errors import RlmError
-from .isolation import command_warning, guest_argv
 from .tools import load_tool
-from .vm.errors import VMError
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -52,8 +51,6 @@ SHARED_RUN_OPTIONS = (
     "think", "think_level", "history_reasoning", "keep_alive", "detect_truncation",
     "sub_model", "sub_llm_url", "sub_api", "allow_model",
 )
-
-EXIT_ERROR = 2
 
 
 class EngineChoice(str, enum.Enum):
@@ -133,17 +130,13 @@ def _batch(
     except (ValueError, ImportError, AttributeError, OSError) as error:
         raise typer.BadParameter(str(error)) from error
     if output.exists() and output.stat().st_size > 0 and not (resume or overwrite):
-        print(f"rlm: {output} exists: --resume to continue it, --overwrite to start again", file=sys.stderr)
-        raise typer.Exit(EXIT_ERROR)
+        fail(f"{output} exists: --resume to continue it, --overwrite to start again")
     try:
         all_tasks = list(read_tasks(tasks))
     except (TaskError, OSError) as error:
-        print(f"rlm: {error}", file=sys.stderr)
-        raise typer.Exit(EXIT_ERROR) from error
-    if run_options.guest_command is not None:
-        print(command_warning(guest_argv(run_options.guest_command)), file=sys.stderr)
-    elif run_options.isolation == "local":
-        print("rlm: --isolation local runs model code on this machine, unsandboxed", file=sys.stderr)
+        fail(error, cause=error)
+    guest_command = run_options.guest_command
+    warn_unsandboxed(run_options.isolation, None if guest_command is None else guest_command_argv(guest_command))
     try:
         options = BatchOptions(
             run=run_options,
@@ -185,9 +178,8 @@ def _batch(
                     finished = trio.run(_drive, todo, options, results, progress)
             else:
                 finished = trio.run(_drive, todo, options, results, None)
-        except (RlmError, VMError, ValueError, ImportError, RuntimeError) as error:
-            print(f"rlm: the batch stopped: {error}", file=sys.stderr)
-            raise typer.Exit(EXIT_ERROR) from error
+        except (RlmError, ValueError, ImportError, RuntimeError) as error:
+            fail(f"the batch stopped: {error}", cause=error)
     summary = Summary.of(finished, wall_time=time.perf_counter() - started, skipped=skipped)
     print(json.dumps(summary.to_dict()))
     if console.is_terminal:

@@ -15,6 +15,8 @@ from typing import Annotated
 
 import typer
 
+from .cli_exit import fail
+
 __all__ = ["bench", "find_checkout"]
 
 
@@ -40,8 +42,7 @@ def bench(
     """Measure channel, exec, boot and engine speed beside the seed's design and rlms."""
     root = find_checkout() or find_checkout(Path.cwd() / "x")
     if root is None:
-        print("rlm: the benchmarks live in the rlm repository (bench/); run this from a checkout", file=sys.stderr)
-        raise typer.Exit(2)
+        fail("the benchmarks live in the rlm repository (bench/); run this from a checkout")
     argv = [sys.executable, "-m", "bench", *(["--json"] if as_json else []), *(["--quick"] if quick else [])]
     for part in only or []:
         argv += ["--only", part]

@@ -17,23 +17,16 @@ import trio
 import typer
 
 from .api import RunOptions
-from .cli_run import ApiChoice, IsolationChoice, think_value
+from .cli_exit import fail
+from .cli_guest import warn_unsandboxed
+from .cli_run import read_input, think_value
 from .conversation import Conversation
 from .errors import RlmError
+from .isolation import Isolation
+from .llm import Api
 from .tools import load_tool
-from .vm.errors import VMError
 
 __all__ = ["chat"]
-
-EXIT_ERROR = 2
-
-
-def _read_context(path: Path) -> str:
-    from .pdf import is_pdf, pdf_text
-
-    if not path.exists():
-        raise typer.BadParameter(f"{path} does not exist")
-    return pdf_text(path) if is_pdf(path) else path.read_text(encoding="utf-8", errors="replace")
 
 
 def _read_line(prompt: str) -> str | None:
@@ -54,7 +47,7 @@ async def _converse(options: RunOptions, first_context: str | None) -> None:
             if not question:
                 continue
             if question.startswith("/file "):
-                context = _read_context(Path(question[len("/file ") :].strip()))
+                context, _ = read_input(Path(question[len("/file ") :].strip()), stdin=False, param_hint=None)
                 print(f"rlm: the next question gets {len(context)} characters of context", file=sys.stderr)
                 continue
             result = await conversation.ask(question, context=context)
@@ -71,7 +64,7 @@ def chat(
     file: Annotated[Optional[Path], typer.Argument(help="Context of the first question.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Model name [env: RLM_MODEL].")] = None,
     llm_url: Annotated[Optional[str], typer.Option(help="Model server URL [env: RLM_LLM_URL, ...].")] = None,
-    api: Annotated[Optional[ApiChoice], typer.Option(help="Chat API of the server.")] = None,
+    api: Annotated[Optional[Api], typer.Option(help="Chat API of the server.")] = None,
     max_steps: Annotated[int, typer.Option(help="Steps of the root RLM per question.")] = 18,
     max_depth: Annotated[int, typer.Option(help="Recursion depth.")] = 3,
     context_tokens: Annotated[
@@ -81,9 +74,9 @@ def chat(
         Optional[list[str]], typer.Option(help="A host function model code may call: module:function.")
     ] = None,
     isolation: Annotated[
-        IsolationChoice,
+        Isolation,
         typer.Option(help="vm: in the QEMU VM. local: a subprocess ON THIS MACHINE (unsafe)."),
-    ] = IsolationChoice.vm,
+    ] = Isolation.vm,
     memory_mb: Annotated[int, typer.Option(help="VM memory in MiB.")] = 1536,
     trajectory: Annotated[Optional[Path], typer.Option(help="Trajectory file of the conversation.")] = None,
     sub_model: Annotated[Optional[str], typer.Option(help="Model of llm_query and child RLMs (default: --model).")] = None,
@@ -93,17 +86,16 @@ def chat(
     think_level: Annotated[Optional[str], typer.Option(help="Reasoning level: low, medium or high.")] = None,
 ) -> None:
     """Ask questions about FILE one after another in one REPL session (one question per line)."""
-    first_context = _read_context(file) if file is not None else None
+    first_context = read_input(file, stdin=False, param_hint=None)[0] if file is not None else None
     try:
         host_tools = [load_tool(spec) for spec in tool or []]
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
-    if isolation is IsolationChoice.local:
-        print("rlm: --isolation local runs model code on this machine, unsandboxed", file=sys.stderr)
+    warn_unsandboxed(isolation, None)
     options = RunOptions(
         model=model,
         llm_url=llm_url,
-        api=None if api is None else api.value,
+        api=api,
         max_steps=max_steps,
         max_depth=max_depth,
         context_tokens=context_tokens,
@@ -116,6 +108,5 @@ def chat(
     )
     try:
         trio.run(_converse, options, first_context)
-    except (RlmError, VMError, ValueError) as error:
-        print(f"rlm: {error}", file=sys.stderr)
-        raise typer.Exit(EXIT_ERROR) from error
+    except (RlmError, ValueError) as error:
+        fail(error, cause=error)

@@ -16,7 +16,6 @@ beside the trajectory).
 
 from __future__ import annotations
 
-import enum
 import json
 import sys
 from pathlib import Path
@@ -29,47 +28,37 @@ from rich.console import Console
 
 from .api import DEFAULT_BLOCK_TIMEOUT, RunOptions, RunResult, run_rlm
 from .engine import Price, load_prices, paper_brief_task, parse_price, query_task, smoke_task
+from .cli_exit import EXIT_BUDGET, fail
+from .cli_guest import guest_command_argv, warn_unsandboxed
 from .errors import RlmError
-from .isolation import command_warning, guest_argv
+from .isolation import Isolation
+from .llm import Api
 from .pdf import is_pdf, pdf_text
 from .progress import Progress
 from .resume import ResumeError, resume_rlm
 from .tools import DEFAULT_TOOL_TIMEOUT, load_tool
 from .trajectory import Event, EventSink, Resumed
-from .vm.errors import VMError
 
-__all__ = ["ApiChoice", "IsolationChoice", "build_prompt", "run", "think_value"]
+__all__ = ["build_prompt", "read_input", "run", "think_value"]
 
 #: The seed's ``--smoke`` excerpt size when ``--limit-chars`` is not given.
 SMOKE_DEFAULT_CHARS = 4000
 
-EXIT_BUDGET = 3
-EXIT_ERROR = 2
 
+def read_input(file: Path, *, stdin: bool = True, param_hint: str | None = "FILE") -> tuple[str, bool]:
+    """The text of ``file`` (a PDF's extracted text) and whether it was a PDF.
 
-class ApiChoice(str, enum.Enum):
-    """Which chat API the model server speaks."""
-
-    ollama = "ollama"
-    openai = "openai"
-
-
-class IsolationChoice(str, enum.Enum):
-    """Where model code runs."""
-
-    vm = "vm"
-    local = "local"
-
-
-def _read_input(file: Path) -> tuple[str, bool]:
-    """The text of ``file`` ('-': stdin) and whether it was a PDF."""
-    if str(file) == "-":
+    ``-`` is stdin when ``stdin`` is true (``rlm chat`` reads its questions there, so it passes
+    false). A missing file is a usage error of ``param_hint``; an unreadable PDF raises
+    ``PdfError``.
+    """
+    if stdin and str(file) == "-":
         data = sys.stdin.buffer.read()
         if data.startswith(b"%PDF-"):
             raise typer.BadParameter("a PDF on stdin is not supported: pass its path", param_hint="FILE")
         return data.decode("utf-8", errors="replace"), False
     if not file.exists():
-        raise typer.BadParameter(f"{file} does not exist", param_hint="FILE")
+        raise typer.BadParameter(f"{file} does not exist", param_hint=param_hint)
     if is_pdf(file):
         return pdf_text(file), True
     return file.read_text(encoding="utf-8", errors="replace"), False
@@ -114,13 +103,6 @@ def think_value(think: bool | None, level: str | None) -> bool | str | None:
             raise typer.BadParameter("--no-think and --think-level contradict each other")
         return level.strip().lower()
     return think
-
-
-def _guest_argv(command: str) -> tuple[str, ...]:
-    try:
-        return guest_argv(command)
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--guest-command") from error
 
 
 def _with_resume_report(progress: Progress | None) -> EventSink:
@@ -173,7 +155,7 @@ def run(
         Optional[str],
         typer.Option(help="Model server URL [env: RLM_LLM_URL, OLLAMA_HOST, OPENAI_BASE_URL]."),
     ] = None,
-    api: Annotated[Optional[ApiChoice], typer.Option(help="Chat API of the server.")] = None,
+    api: Annotated[Optional[Api], typer.Option(help="Chat API of the server.")] = None,
     stream: Annotated[bool, typer.Option(help="Ask the server for streamed replies.")] = False,
     llm_retries: Annotated[
         int, typer.Option(help="Retries of a failed model request (connection, 5xx, 429).")
@@ -189,9 +171,9 @@ def run(
         Optional[int], typer.Option(help="Cut the input to this many characters.")
     ] = None,
     isolation: Annotated[
-        IsolationChoice,
+        Isolation,
         typer.Option(help="vm: in the QEMU VM. local: a subprocess ON THIS MACHINE (unsafe)."),
-    ] = IsolationChoice.vm,
+    ] = Isolation.vm,
     network: Annotated[bool, typer.Option(help="Give the VM a user-mode NAT network.")] = False,
     guest_command: Annotated[
         Optional[str],
@@ -248,7 +230,7 @@ def run(
         Optional[str], typer.Option(help="Model of llm_query and child RLMs (default: --model).")
     ] = None,
     sub_llm_url: Annotated[Optional[str], typer.Option(help="Server of --sub-model (default: --llm-url).")] = None,
-    sub_api: Annotated[Optional[ApiChoice], typer.Option(help="Chat API of --sub-llm-url.")] = None,
+    sub_api: Annotated[Optional[Api], typer.Option(help="Chat API of --sub-llm-url.")] = None,
     allow_model: Annotated[
         Optional[list[str]],
         typer.Option(help="Another model code may name in rlm_query(..., model=...) (repeatable)."),
@@ -269,10 +251,9 @@ def run(
     if smoke and query is not None:
         raise typer.BadParameter("--smoke runs the seed's fixed task: drop --query")
     try:
-        text, pdf = _read_input(file) if file is not None else (None, False)
+        text, pdf = read_input(file) if file is not None else (None, False)
     except RlmError as error:
-        print(f"rlm: {error}", file=sys.stderr)
-        raise typer.Exit(EXIT_ERROR) from error
+        fail(error, cause=error)
     if resume is not None and text is None and query is None:
         prompt: str | None = None
     else:
@@ -286,15 +267,12 @@ def run(
 
     console = Console(stderr=True)
     tty = console.is_terminal
-    if guest_command is not None:
-        print(command_warning(_guest_argv(guest_command)), file=sys.stderr)
-    elif isolation is IsolationChoice.local:
-        print("rlm: --isolation local runs model code on this machine, unsandboxed", file=sys.stderr)
+    warn_unsandboxed(isolation, None if guest_command is None else guest_command_argv(guest_command))
     progress = Progress(console, verbose=verbose) if tty else None
     options = RunOptions(
         model=model,
         llm_url=llm_url,
-        api=None if api is None else api.value,
+        api=api,
         stream=stream,
         llm_retries=llm_retries,
         max_steps=max_steps,
@@ -321,7 +299,7 @@ def run(
         keep_alive=keep_alive or None,
         sub_model=sub_model,
         sub_llm_url=sub_llm_url,
-        sub_api=None if sub_api is None else sub_api.value,
+        sub_api=sub_api,
         models=tuple(allow_model or ()),
     )
 
@@ -338,11 +316,9 @@ def run(
         else:
             result = trio.run(go)
     except ResumeError as error:
-        print(f"rlm: cannot resume: {error}", file=sys.stderr)
-        raise typer.Exit(EXIT_ERROR) from error
-    except (RlmError, VMError, ValueError) as error:
-        print(f"rlm: {error}", file=sys.stderr)
-        raise typer.Exit(EXIT_ERROR) from error
+        fail(f"cannot resume: {error}", cause=error)
+    except (RlmError, ValueError) as error:
+        fail(error, cause=error)
     if as_json:
         print(_result_json(result))
     elif result.answer is not None:

@@ -14,11 +14,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from .cli_exit import fail
 from .viewer import render_trajectory
 
 __all__ = ["view"]
-
-EXIT_ERROR = 2
 
 
 def view(
@@ -40,8 +39,7 @@ def view(
     try:
         run = render_trajectory(trajectory, target)
     except OSError as error:
-        print(f"rlm: {error}", file=sys.stderr)
-        raise typer.Exit(EXIT_ERROR) from error
+        fail(error, cause=error)
     for problem in run.problems:
         print(f"rlm: {trajectory}: {problem}", file=sys.stderr)
     print(target)
