@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from rlm_host.batch import (
     TaskError,
     TaskResult,
     TokenUsage,
+    WorkerError,
     parse_task,
     read_results,
     read_tasks,
@@ -93,6 +95,22 @@ async def test_model_bound_is_shared_by_the_pool(tmp_path: Path) -> None:
         results = [r async for r in run_batch(read_tasks(tmp_path / "tasks.jsonl"), options)]
         assert server.max_in_flight() <= 2
     assert sorted(r.answer or "" for r in results) == sorted(str(i) for i in range(12))
+
+
+async def test_a_worker_that_cannot_start_a_guest_is_the_batch_error_itself(tmp_path: Path) -> None:
+    # A guest that exits before its Hello: the worker gives up, and the caller gets its
+    # WorkerError, named by the guest's own error, not the nurseries' ExceptionGroup around it.
+    # The error used to be lost in about half the runs (trio's scheduling order varies from run
+    # to run): the batch then ended with neither a result nor an error. Ten runs: a regression
+    # passes all of them about once in a thousand.
+    with ScriptedModel(script) as server:
+        options = batch_options(server.url, tmp_path, workers=1)
+        options = replace(options, run=replace(options.run, guest_command=(sys.executable, "-c", "pass")))
+        for _ in range(10):
+            with pytest.raises(WorkerError, match=r"worker w0: cannot start a guest: \w+Error: ") as raised:
+                async for _ in run_batch([parse_task('{"id": "a", "text": "x"}')], options):
+                    pass
+            assert "Group" not in str(raised.value)
 
 
 async def test_unreadable_file_and_bad_options_are_task_errors(tmp_path: Path) -> None:

@@ -77,7 +77,8 @@ def single_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     callers catch ``GuestError`` or ``ModelError``, not an ``ExceptionGroup`` around them.
     ``Cancelled`` leaves are dropped: they are what the other tasks got when one failed.
     """
-    leaves = [error for error in _leaves(group) if not isinstance(error, trio.Cancelled)]
+    # One error can be a leaf twice: every task waiting on a failed part re-raises its error.
+    leaves = list({id(error): error for error in _leaves(group) if not isinstance(error, trio.Cancelled)}.values())
     return leaves[0] if len(leaves) == 1 else group
 
 

@@ -45,13 +45,17 @@ async def run_local(
             for task in tasks:
                 await send_task.send(task)
 
-    async with results, trio.open_nursery() as guests:
-        for worker in workers:
-            guests.start_soon(worker.keep)
-        async with trio.open_nursery() as consumers:
-            consumers.start_soon(feed)
+    # ``with``, not ``async with``: the checkpoint of ``aclose`` would let the reader see the
+    # channel end, leave the batch and cancel this task while a worker's error is on its way
+    # out, and the batch would end without the results and without that error.
+    with results:
+        async with trio.open_nursery() as guests:
             for worker in workers:
-                for _ in range(options.sessions_per_worker):
-                    consumers.start_soon(consume, worker)
-        guests.cancel_scope.cancel()
+                guests.start_soon(worker.keep)
+            async with trio.open_nursery() as consumers:
+                consumers.start_soon(feed)
+                for worker in workers:
+                    for _ in range(options.sessions_per_worker):
+                        consumers.start_soon(consume, worker)
+            guests.cancel_scope.cancel()
 

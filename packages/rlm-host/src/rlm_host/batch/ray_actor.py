@@ -14,6 +14,7 @@ import threading
 import msgspec
 import trio
 
+from ..errors import single_error
 from .options import BatchOptions
 from .results import TaskResult
 from .tasks import Task
@@ -88,8 +89,8 @@ class _WorkerLoop:
             raise self._failure(self._ended or error) from None
 
     def _failure(self, ended: BaseException | None) -> WorkerError:
-        while isinstance(ended, BaseExceptionGroup) and len(ended.exceptions) == 1:
-            ended = ended.exceptions[0]  # the nursery's group around keep's WorkerError
+        if isinstance(ended, BaseExceptionGroup):
+            ended = single_error(ended)  # the nursery's group around keep's WorkerError
         if isinstance(ended, WorkerError):
             return ended
         return WorkerError(f"worker {self.name}: its trio loop ended: {ended!r}")

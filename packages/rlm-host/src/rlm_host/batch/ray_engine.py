@@ -220,7 +220,7 @@ async def run_ray(
         trio.from_thread.run_sync(on_start, task, trio_token=token)
 
     dispatcher = _Dispatcher(tasks, options, deliver, started, stop)
-    async with results:
+    with results:  # closed without a checkpoint, as in ``run_local``
         try:
             await trio.to_thread.run_sync(dispatcher.run, abandon_on_cancel=True)
         finally:

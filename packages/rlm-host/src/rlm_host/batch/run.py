@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 import msgspec
 import trio
 
+from ..errors import single_error
 from .options import BatchOptions
 from .results import TaskResult
 from .scoring import Scorer, load_scorer, score_all
@@ -92,9 +93,7 @@ async def open_batch(tasks: Iterable[Task], options: BatchOptions = BatchOptions
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # One failure (WorkerError, ...) is the batch's error, not nested groups of one.
-        sole: BaseException = group
-        while isinstance(sole, BaseExceptionGroup) and len(sole.exceptions) == 1:
-            sole = sole.exceptions[0]
+        sole = single_error(group)
         if sole is not group and isinstance(sole, Exception):
             raise sole from None
         raise

@@ -27,7 +27,7 @@ import trio
 
 from ..api import RunOptions, run_rlm
 from ..connection import GuestConnection
-from ..errors import GuestError, RlmError
+from ..errors import GuestError, RlmError, single_error
 from ..isolation import GuestOptions, open_guest
 from ..trajectory import Event, RunEnd
 from ..vm.errors import VMError
@@ -104,8 +104,8 @@ def _is_guest_death(error: BaseException) -> bool:
 
 
 def _describe(error: BaseException) -> str:
-    if isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-        return _describe(error.exceptions[0])
+    if isinstance(error, BaseExceptionGroup):
+        error = single_error(error)
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}".strip()
 
