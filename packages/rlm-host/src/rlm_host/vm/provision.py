@@ -22,7 +22,7 @@ from .cache import build_lock, share_dir
 from .errors import ImageBuildError
 from .guest_scripts import PROVISION_OK
 from .image import GuestImage
-from .qemu import VMConfig, _set_pdeathsig, qemu_command
+from .command import VMConfig, qemu_command, set_pdeathsig
 from .wheelhouse import Wheelhouse
 
 __all__ = ["agent_disk_path", "ensure_agent_disk", "prune_agent_disks"]
@@ -102,7 +102,7 @@ def _create_agent_disk(
             try:
                 proc = subprocess.run(
                     cmd, capture_output=True, text=True, timeout=_PROVISION_TIMEOUT,
-                    stdin=subprocess.DEVNULL, preexec_fn=_set_pdeathsig,
+                    stdin=subprocess.DEVNULL, preexec_fn=set_pdeathsig,
                 )
             except subprocess.TimeoutExpired as exc:
                 raise ImageBuildError(f"provisioning the agent did not finish in {_PROVISION_TIMEOUT:.0f} s") from exc
