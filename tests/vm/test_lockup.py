@@ -145,6 +145,8 @@ async def test_a_lockup_in_a_running_vm_ends_it_with_a_typed_error(vm_config: VM
     assert isinstance(error, VMDiedError) and not error.during_start
     assert error.lockup.endswith(report) and error.ran >= 1.0
     assert report in error.console_tail and "locked up while running" in str(error)
+    # Where each vCPU was, read from QEMU before the kill (the console has no call trace).
+    assert "CPU#0 RIP=" in str(error) and "CPU#1 RIP=" in str(error), error
 
 
 @pytest.mark.vm

@@ -104,3 +104,25 @@ async def test_a_silent_qmp_does_not_hang_a_restore(tmp_path: Path) -> None:
         stand_in.kill()
         stand_in.wait()
         listener.close()
+
+
+def test_pruning_keeps_agent_disks_asked_for_recently(tmp_path: Path) -> None:
+    """Beyond the newest three, a disk is removed (with its snapshots) only when nobody asked
+    for it lately: a running test session of other guest code still boots from its own."""
+    import os
+    import types
+
+    from rlm_host.vm.provision import KEEP_RECENT_SECONDS, prune_agent_disks
+
+    agent, snapshots = tmp_path / "agent", tmp_path / "snapshots"
+    agent.mkdir()
+    now = 1_000_000.0
+    ages = {"new1": 0, "new2": 10, "new3": 20, "recent": 3600, "old": KEEP_RECENT_SECONDS + 60}
+    for name, age in ages.items():
+        disk = agent / f"{name}.qcow2"
+        disk.write_bytes(b"")
+        os.utime(disk, (now - age, now - age))
+        (snapshots / f"{name}-key").mkdir(parents=True)
+    removed = prune_agent_disks(types.SimpleNamespace(path=tmp_path), now=now)  # type: ignore[arg-type]
+    assert sorted(p.name for p in removed) == ["old-key", "old.qcow2"]
+    assert sorted(p.stem for p in agent.glob("*.qcow2")) == ["new1", "new2", "new3", "recent"]

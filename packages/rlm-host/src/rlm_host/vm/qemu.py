@@ -78,6 +78,7 @@ class VM:
         self._lockups = LockupWatch()
         self._lockup: Lockup | None = None
         self._lockup_during_start = False
+        self._lockup_cpus = ""
         #: (before ready, after ready): see ``VMConfig.start_lockup_limit``/``lockup_limit``.
         self.lockup_limits = (DURING_START_LIMIT, AFTER_READY_LIMIT)
         self._resumed_at: float | None = None
@@ -176,6 +177,7 @@ class VM:
         return (
             f"the guest kernel locked up {when}, so the host ended the VM: {self._lockup.line!r}, "
             f"and QEMU had a host CPU for {self._lockup.ran:.0f} s of that span"
+            + (f"; vCPUs at the end:\n{self._lockup_cpus}\n" if self._lockup_cpus else "")
         )
 
     def kill(self) -> None:
@@ -232,6 +234,7 @@ class VM:
                 *lines, partial = (partial + chunk).split(b"\n")
                 for raw in lines:
                     if self._console_line(raw.decode("utf-8", "replace"), now, waits):
+                        await self._end_for_lockup()
                         return
             await trio.sleep(0.25 if self._ready else 0.01)
 
@@ -257,9 +260,33 @@ class VM:
         if lockup is None or self._closing:
             return False
         self._lockup, self._lockup_during_start = lockup, not self._ready
-        _log.warning("%s; ending it", self._lockup_message())
-        self.process.kill()  # the watcher sees QEMU exit and cancels the VM's users
         return True
+
+    async def _end_for_lockup(self) -> None:
+        # With ``quiet`` the kernel prints the report's headline but not its call trace, so
+        # the console does not say where the CPUs spin. QEMU can: each vCPU's registers, whose
+        # RIP resolves against the guest's /proc/kallsyms (``nokaslr``: the same in every VM).
+        self._lockup_cpus = await self._cpu_registers()
+        _log.warning("%s; ending it%s", self._lockup_message(), "\n" + self._lockup_cpus if self._lockup_cpus else "")
+        self.process.kill()  # the watcher sees QEMU exit and cancels the VM's users
+
+    async def _cpu_registers(self) -> str:
+        """Each vCPU's instruction pointer and flags (QMP ``human-monitor-command``, ``info
+        registers -a``); empty when the VM has no QMP socket or it does not answer in 5 s."""
+        path = self.run_dir / "qmp.sock"
+        if not path.exists():
+            return ""
+        with trio.move_on_after(5):
+            try:
+                qmp = await QMPClient.connect(path)
+                try:
+                    text = await qmp.execute("human-monitor-command", **{"command-line": "info registers -a"})
+                finally:
+                    await qmp.aclose()
+            except VMError as exc:
+                return f"(vCPU registers not read: {exc})"
+            return "\n".join(_cpu_summary(str(text)))
+        return "(vCPU registers not read: QMP did not answer)"
 
     async def _connect(self, deadline: float) -> None:
         path = self.run_dir / "agent.sock"
@@ -313,6 +340,24 @@ class VM:
         self.timings = boot_timings(
             self._init_lines, total=total, socket_at=socket_at, restored="-incoming" in self.command, resumed_after=resumed
         )
+
+
+def _cpu_summary(registers: str) -> list[str]:
+    """From HMP ``info registers -a``: one line per vCPU with its RIP, flags and privilege level.
+
+    >>> _cpu_summary("CPU#0\\nRAX=0 RBX=1\\nRIP=ffffffff81a0b2c4 RFL=00000246 [---Z-P-] CPL=0 II=0\\n"
+    ...              "CPU#1\\nRIP=ffffffff8103e7a0 RFL=00000202 [-------] CPL=0 II=0")
+    ['CPU#0 RIP=ffffffff81a0b2c4 RFL=00000246 [---Z-P-] CPL=0 II=0', 'CPU#1 RIP=ffffffff8103e7a0 RFL=00000202 [-------] CPL=0 II=0']
+    """
+    summary: list[str] = []
+    cpu = ""
+    for line in registers.splitlines():
+        line = line.strip()
+        if line.startswith("CPU#"):
+            cpu = line.split()[0]
+        elif line.startswith("RIP="):
+            summary.append(f"{cpu} {line}".strip())
+    return summary
 
 
 @asynccontextmanager

@@ -66,7 +66,10 @@ class QMPClient:
         request: dict[str, Any] = {"execute": command}
         if arguments:
             request["arguments"] = arguments
-        await self._stream.send_all(json.dumps(request).encode() + b"\r\n")
+        try:
+            await self._stream.send_all(json.dumps(request).encode() + b"\r\n")
+        except trio.BrokenResourceError as exc:
+            raise QMPClosedError(f"QEMU closed the QMP connection: {exc}") from exc
         reply = await self._reply()
         if "error" in reply:
             raise VMError(f"QMP {command} failed: {reply['error']}")
@@ -79,7 +82,10 @@ class QMPClient:
     async def _reply(self) -> dict[str, Any]:
         while True:
             while b"\n" not in self._buffer:
-                chunk = await self._stream.receive_some(65536)
+                try:
+                    chunk = await self._stream.receive_some(65536)
+                except trio.BrokenResourceError as exc:  # a reset: QEMU exited
+                    raise QMPClosedError(f"QEMU closed the QMP connection: {exc}") from exc
                 if not chunk:
                     raise QMPClosedError("QEMU closed the QMP connection")
                 self._buffer += chunk
