@@ -9,7 +9,7 @@ Entry points: :func:`open_vm` (boot one VM, yield it with its agent stream),
 from __future__ import annotations
 
 from .accel import AccelChoice, find_qemu, probe_accel
-from .errors import BootTimeoutError, ImageBuildError, ImageNotFoundError, VMDiedError, VMError
+from .errors import BootTimeoutError, ImageBuildError, ImageNotFoundError, VMDiedError, VMError, VMLockupError
 from .image import BuildReporter, GuestImage, ImageManifest, build_image, find_image, list_images
 from .qemu import VM, BootTimings, VMConfig, open_vm
 from .wheelhouse import Wheelhouse, ensure_wheelhouse
@@ -27,6 +27,7 @@ __all__ = [
     "VMConfig",
     "VMDiedError",
     "VMError",
+    "VMLockupError",
     "Wheelhouse",
     "build_image",
     "ensure_wheelhouse",
