@@ -22,7 +22,6 @@ import logging
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -36,7 +35,8 @@ from .command import VMConfig, default_cpus, qemu_command, set_pdeathsig
 from .console import INIT_LINE, KERNEL_REPORT, console_excerpt
 from .errors import BootTimeoutError, VMDiedError, VMError, VMLockupError
 from .lockup import AFTER_READY_LIMIT, DURING_START_LIMIT, Lockup, LockupWatch
-from .qmp import QMPClient, QMPClosedError
+from .qmp import QMPClient, QMPClosedError, cpu_registers
+from .run_dir import new_run_dir
 from .timings import BootTimings, InitLine, boot_timings
 from ..errors import single_error
 from ..starvation import thread_waits
@@ -45,21 +45,6 @@ __all__ = ["BootTimings", "VM", "VMConfig", "console_excerpt", "default_cpus", "
 
 _log = logging.getLogger(__name__)
 _CONSOLE_TAIL_BYTES = 64 * 1024
-
-
-_RUN_DIR_PREFIX = "rlm-vm-"
-
-
-def _sweep_run_dirs() -> None:
-    # A host killed with SIGKILL takes QEMU along (PDEATHSIG) but cannot remove its run
-    # directory; remove those whose owner process is gone.
-    for path in Path(tempfile.gettempdir()).glob(_RUN_DIR_PREFIX + "*"):
-        try:
-            owner = int((path / "owner.pid").read_text())
-        except (OSError, ValueError):
-            continue
-        if not Path(f"/proc/{owner}").exists():
-            shutil.rmtree(path, ignore_errors=True)
 
 
 class VM:
@@ -266,27 +251,9 @@ class VM:
         # With ``quiet`` the kernel prints the report's headline but not its call trace, so
         # the console does not say where the CPUs spin. QEMU can: each vCPU's registers, whose
         # RIP resolves against the guest's /proc/kallsyms (``nokaslr``: the same in every VM).
-        self._lockup_cpus = await self._cpu_registers()
+        self._lockup_cpus = await cpu_registers(self.run_dir / "qmp.sock")
         _log.warning("%s; ending it%s", self._lockup_message(), "\n" + self._lockup_cpus if self._lockup_cpus else "")
         self.process.kill()  # the watcher sees QEMU exit and cancels the VM's users
-
-    async def _cpu_registers(self) -> str:
-        """Each vCPU's instruction pointer and flags (QMP ``human-monitor-command``, ``info
-        registers -a``); empty when the VM has no QMP socket or it does not answer in 5 s."""
-        path = self.run_dir / "qmp.sock"
-        if not path.exists():
-            return ""
-        with trio.move_on_after(5):
-            try:
-                qmp = await QMPClient.connect(path)
-                try:
-                    text = await qmp.execute("human-monitor-command", **{"command-line": "info registers -a"})
-                finally:
-                    await qmp.aclose()
-            except VMError as exc:
-                return f"(vCPU registers not read: {exc})"
-            return "\n".join(_cpu_summary(str(text)))
-        return "(vCPU registers not read: QMP did not answer)"
 
     async def _connect(self, deadline: float) -> None:
         path = self.run_dir / "agent.sock"
@@ -342,24 +309,6 @@ class VM:
         )
 
 
-def _cpu_summary(registers: str) -> list[str]:
-    """From HMP ``info registers -a``: one line per vCPU with its RIP, flags and privilege level.
-
-    >>> _cpu_summary("CPU#0\\nRAX=0 RBX=1\\nRIP=ffffffff81a0b2c4 RFL=00000246 [---Z-P-] CPL=0 II=0\\n"
-    ...              "CPU#1\\nRIP=ffffffff8103e7a0 RFL=00000202 [-------] CPL=0 II=0")
-    ['CPU#0 RIP=ffffffff81a0b2c4 RFL=00000246 [---Z-P-] CPL=0 II=0', 'CPU#1 RIP=ffffffff8103e7a0 RFL=00000202 [-------] CPL=0 II=0']
-    """
-    summary: list[str] = []
-    cpu = ""
-    for line in registers.splitlines():
-        line = line.strip()
-        if line.startswith("CPU#"):
-            cpu = line.split()[0]
-        elif line.startswith("RIP="):
-            summary.append(f"{cpu} {line}".strip())
-    return summary
-
-
 @asynccontextmanager
 async def open_vm(config: VMConfig) -> AsyncIterator[VM]:
     """Boot a VM, wait until its agent has sent its first bytes, and yield it.
@@ -396,10 +345,7 @@ async def open_vm(config: VMConfig) -> AsyncIterator[VM]:
 
 @asynccontextmanager
 async def _run_vm(config: VMConfig, qemu: str, accel: AccelChoice) -> AsyncIterator[VM]:
-    await trio.to_thread.run_sync(_sweep_run_dirs)
-    # Short private directory: unix socket paths are limited to 107 bytes.
-    run_dir = Path(tempfile.mkdtemp(prefix=_RUN_DIR_PREFIX))
-    (run_dir / "owner.pid").write_text(str(os.getpid()))
+    run_dir = await trio.to_thread.run_sync(new_run_dir)
     console = config.console_log or run_dir / "console.log"
     console.touch()
     command = qemu_command(config, qemu=qemu, accel=accel, run_dir=run_dir, console=console)

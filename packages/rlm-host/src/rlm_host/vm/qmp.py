@@ -18,7 +18,7 @@ import trio
 
 from .errors import VMError
 
-__all__ = ["QMPClient", "QMPClosedError"]
+__all__ = ["QMPClient", "QMPClosedError", "cpu_registers", "cpu_summary"]
 
 
 class QMPClosedError(VMError):
@@ -93,3 +93,40 @@ class QMPClient:
             message: dict[str, Any] = json.loads(line)
             if "event" not in message:
                 return message
+
+
+async def cpu_registers(path: Path) -> str:
+    """Each vCPU's instruction pointer and flags (``human-monitor-command`` ``info registers
+    -a``) from the QMP socket at ``path``, one line each; empty when there is no such socket,
+    a note when QEMU does not answer within 5 s."""
+    if not path.exists():
+        return ""
+    with trio.move_on_after(5):
+        try:
+            qmp = await QMPClient.connect(path)
+            try:
+                text = await qmp.execute("human-monitor-command", **{"command-line": "info registers -a"})
+            finally:
+                await qmp.aclose()
+        except VMError as exc:
+            return f"(vCPU registers not read: {exc})"
+        return "\n".join(cpu_summary(str(text)))
+    return "(vCPU registers not read: QMP did not answer)"
+
+
+def cpu_summary(registers: str) -> list[str]:
+    """From HMP ``info registers -a``: one line per vCPU with its RIP, flags and privilege level.
+
+    >>> cpu_summary("CPU#0\\nRAX=0 RBX=1\\nRIP=ffffffff81a0b2c4 RFL=00000246 [---Z-P-] CPL=0 II=0\\n"
+    ...              "CPU#1\\nRIP=ffffffff8103e7a0 RFL=00000202 [-------] CPL=0 II=0")
+    ['CPU#0 RIP=ffffffff81a0b2c4 RFL=00000246 [---Z-P-] CPL=0 II=0', 'CPU#1 RIP=ffffffff8103e7a0 RFL=00000202 [-------] CPL=0 II=0']
+    """
+    summary: list[str] = []
+    cpu = ""
+    for line in registers.splitlines():
+        line = line.strip()
+        if line.startswith("CPU#"):
+            cpu = line.split()[0]
+        elif line.startswith("RIP="):
+            summary.append(f"{cpu} {line}".strip())
+    return summary
