@@ -38,7 +38,7 @@ from .lockup import AFTER_READY_LIMIT, DURING_START_LIMIT, Lockup, LockupWatch
 from .qmp import QMPClient, QMPClosedError, cpu_registers
 from .run_dir import new_run_dir
 from .timings import BootTimings, InitLine, boot_timings
-from ..errors import single_error
+from ..errors import GuestDiedError, single_error
 from ..starvation import thread_waits
 
 __all__ = ["BootTimings", "VM", "VMConfig", "console_excerpt", "default_cpus", "open_vm", "qemu_command"]
@@ -64,6 +64,9 @@ class VM:
         self._lockup: Lockup | None = None
         self._lockup_during_start = False
         self._lockup_cpus = ""
+        self._console_lock = trio.Lock()
+        self._console_offset = 0
+        self._console_partial = b""
         #: (before ready, after ready): see ``VMConfig.start_lockup_limit``/``lockup_limit``.
         self.lockup_limits = (DURING_START_LIMIT, AFTER_READY_LIMIT)
         self._resumed_at: float | None = None
@@ -204,24 +207,33 @@ class VM:
         # For the VM's whole life: the rlm-init lines (boot timings) and the kernel's lockup
         # reports. File and /proc reads run in a worker thread, off the trio thread; every 10 ms
         # while starting (each line's time is a boot figure), every 0.25 s once ready.
-        offset = 0
-        partial = b""
         next_sample = 0.0
-        while True:
+        while self._lockup is None:
             now = time.monotonic()
             sample = now >= next_sample
-            chunk, waits = await trio.to_thread.run_sync(self._read_console, offset, sample)
+            if sample:
+                next_sample = now + 1.0
+            await self._drain_console(sample)
+            await trio.sleep(0.25 if self._ready else 0.01)
+
+    async def _drain_console(self, sample: bool = False) -> None:
+        """Take what the console got since the last call (and, if ``sample``, QEMU's CPU waits);
+        end the VM if a line in it reports a lockup the host believes."""
+        async with self._console_lock:
+            if self._lockup is not None:
+                return
+            now = time.monotonic()
+            chunk, waits = await trio.to_thread.run_sync(self._read_console, self._console_offset, sample)
             if sample:
                 self._lockups.sample(now, waits)
-                next_sample = now + 1.0
-            if chunk:
-                offset += len(chunk)
-                *lines, partial = (partial + chunk).split(b"\n")
-                for raw in lines:
-                    if self._console_line(raw.decode("utf-8", "replace"), now, waits):
-                        await self._end_for_lockup()
-                        return
-            await trio.sleep(0.25 if self._ready else 0.01)
+            if not chunk:
+                return
+            self._console_offset += len(chunk)
+            *lines, self._console_partial = (self._console_partial + chunk).split(b"\n")
+            for raw in lines:
+                if self._console_line(raw.decode("utf-8", "replace"), now, waits):
+                    await self._end_for_lockup()
+                    return
 
     def _read_console(self, offset: int, sample: bool) -> tuple[bytes, dict[int, float]]:
         try:
@@ -361,6 +373,7 @@ async def _run_vm(config: VMConfig, qemu: str, accel: AccelChoice) -> AsyncItera
     vm._spawned = spawned
     vm.lockup_limits = (config.start_lockup_limit, config.lockup_limit)
     died: VMDiedError | None = None
+    escaping: BaseException | None = None  # what the block (or the start) raised
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(vm._watch, nursery.cancel_scope)
@@ -378,8 +391,13 @@ async def _run_vm(config: VMConfig, qemu: str, accel: AccelChoice) -> AsyncItera
                 raise BootTimeoutError(
                     f"the guest agent was not ready after {config.boot_timeout:.0f} s", console_tail=vm.console_tail()
                 )
-            # One more console read so that the last rlm-init line is counted.
-            await trio.sleep(0.02)
+            # One more console read so that the last rlm-init line is counted (the agent printed
+            # it before its Hello).
+            await vm._drain_console()
+            if vm._lockup is not None or vm.process.poll() is not None:
+                # The socket was readable because QEMU closed it: a death, not a Hello (a
+                # lockup's kill, or an exit the watcher has not cancelled us for yet).
+                raise vm.died_error("QEMU exited during start-up")
             vm._ready = True
             vm._compute_timings(time.monotonic() - spawned, socket_at)
             try:
@@ -393,7 +411,11 @@ async def _run_vm(config: VMConfig, qemu: str, accel: AccelChoice) -> AsyncItera
         inner = single_error(group)
         if inner is group:
             raise
+        escaping = inner
         raise inner.with_traceback(inner.__traceback__) from inner.__cause__
+    except GuestDiedError as exc:
+        escaping = exc
+        raise
     finally:
         with trio.CancelScope(shield=True):
             if vm._stream is not None:
@@ -407,5 +429,9 @@ async def _run_vm(config: VMConfig, qemu: str, accel: AccelChoice) -> AsyncItera
                 await trio.to_thread.run_sync(vm._report_kernel_complaints)
             if config.console_log is None:
                 await trio.to_thread.run_sync(lambda: shutil.rmtree(run_dir, ignore_errors=True))
+        if died is not None and isinstance(escaping, GuestDiedError) and not isinstance(escaping, VMDiedError):
+            # The block saw the agent's channel close before the watcher saw QEMU exit: the
+            # caller gets the VM's death (exit status, lockup, console) all the same.
+            raise died from escaping
     if died is not None:
         raise died
