@@ -21,6 +21,7 @@ import errno
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -178,14 +179,7 @@ class VM:
         """Kill QEMU and wait until it is gone (at most 10 s, in a worker thread: SIGKILL cannot
         be refused, but a process in uninterruptible sleep dies only when its I/O ends)."""
         self.kill()
-
-        def reap() -> None:
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:  # pragma: no cover - a process in D state
-                pass
-
-        await trio.to_thread.run_sync(reap)
+        await trio.to_thread.run_sync(_wait_for_exit, self.process, 10.0)
 
     async def _watch(self, cancel_scope: trio.CancelScope) -> None:
         # pidfd becomes readable when the process exits: no polling, no SIGCHLD handler.
@@ -267,6 +261,13 @@ class VM:
         _log.warning("%s; ending it%s", self._lockup_message(), "\n" + self._lockup_cpus if self._lockup_cpus else "")
         self.process.kill()  # the watcher sees QEMU exit and cancels the VM's users
 
+    async def _agent_spoke(self) -> bool:
+        """Whether the readable agent socket holds bytes (the Hello), not an end of stream."""
+        try:
+            return bool(await self.stream.socket.recv(1, socket.MSG_PEEK))
+        except OSError:  # reset: QEMU went away
+            return False
+
     async def _connect(self, deadline: float) -> None:
         path = self.run_dir / "agent.sock"
         while True:
@@ -319,6 +320,13 @@ class VM:
         self.timings = boot_timings(
             self._init_lines, total=total, socket_at=socket_at, restored="-incoming" in self.command, resumed_after=resumed
         )
+
+
+def _wait_for_exit(process: subprocess.Popen[bytes], seconds: float) -> None:
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:  # pragma: no cover - a process in D state
+        pass
 
 
 @asynccontextmanager
@@ -394,9 +402,11 @@ async def _run_vm(config: VMConfig, qemu: str, accel: AccelChoice) -> AsyncItera
             # One more console read so that the last rlm-init line is counted (the agent printed
             # it before its Hello).
             await vm._drain_console()
-            if vm._lockup is not None or vm.process.poll() is not None:
-                # The socket was readable because QEMU closed it: a death, not a Hello (a
-                # lockup's kill, or an exit the watcher has not cancelled us for yet).
+            if vm._lockup is not None or not await vm._agent_spoke():
+                # The socket was readable because QEMU closed it (a lockup's kill, QEMU that
+                # failed after opening its sockets): a death, not a Hello. Let it finish dying,
+                # so that the error has its exit status and what it printed.
+                await trio.to_thread.run_sync(_wait_for_exit, vm.process, 5.0)
                 raise vm.died_error("QEMU exited during start-up")
             vm._ready = True
             vm._compute_timings(time.monotonic() - spawned, socket_at)
