@@ -12,7 +12,12 @@ breakdown (``rlm-init:`` lines carry the guest's uptime).
 Lifetime: QEMU gets ``PR_SET_PDEATHSIG=SIGKILL`` (it dies with the host process even on
 SIGKILL of the host) and is killed in ``finally``. A watcher task waits on a pidfd of the
 QEMU process, so an exit is noticed at once; it cancels the ``async with`` body, which then
-raises :class:`~.errors.VMDiedError` with the console tail.
+raises :class:`~.errors.VMDiedError` with the console tail. A console follower, for the VM's
+whole life, times the boot phases and ends a VM whose kernel locked up (:mod:`.lockup`).
+
+(Over the ~400 lines a module should have: the start, the restore, the watcher, the console
+follower and the end share one VM's state and its one nursery; the pure parts live in
+``command``, ``console``, ``timings``, ``lockup`` and ``qmp``.)
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import trio
 
 from .accel import AccelChoice, find_qemu, probe_accel
 from .command import VMConfig, default_cpus, qemu_command, set_pdeathsig
-from .console import INIT_LINE, KERNEL_REPORT, console_excerpt
+from .console import INIT_LINE, console_excerpt, first_kernel_report, read_console_end
 from .errors import BootTimeoutError, VMDiedError, VMError, VMLockupError
 from .lockup import AFTER_READY_LIMIT, DURING_START_LIMIT, Lockup, LockupWatch
 from .qmp import QMPClient, QMPClosedError, cpu_registers
@@ -45,7 +50,6 @@ from ..starvation import thread_waits
 __all__ = ["BootTimings", "VM", "VMConfig", "console_excerpt", "default_cpus", "open_vm", "qemu_command"]
 
 _log = logging.getLogger(__name__)
-_CONSOLE_TAIL_BYTES = 64 * 1024
 
 
 class VM:
@@ -98,14 +102,7 @@ class VM:
     def console_tail(self, max_lines: int = 40) -> str:
         """The last ``max_lines`` lines of the guest console log, after the headlines of the
         kernel's reports (panic, lockup, stall, oops) that came before them."""
-        try:
-            with self.console_path.open("rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - _CONSOLE_TAIL_BYTES))
-                text = f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-        return console_excerpt(text, max_lines)
+        return console_excerpt(read_console_end(self.console_path), max_lines)
 
     def cpu_waits(self) -> dict[int, float]:
         """Seconds each QEMU thread has waited for a host CPU (for
@@ -131,14 +128,8 @@ class VM:
     def _report_kernel_complaints(self) -> None:
         # A guest that lived through a kernel report (a soft lockup, an RCU stall: a slow TCG
         # guest on a loaded host) is a warning, not a death; the report says where it was.
-        try:
-            text = self.console_path.read_bytes()[-_CONSOLE_TAIL_BYTES:].decode("utf-8", "replace")
-        except OSError:
-            return
-        lines = text.splitlines()
-        first = next((i for i, line in enumerate(lines) if KERNEL_REPORT.search(line)), None)
-        if first is not None:
-            _log.warning("the guest kernel complained (the VM lived on):\n%s", "\n".join(lines[first : first + 30]))
+        if report := first_kernel_report(read_console_end(self.console_path)):
+            _log.warning("the guest kernel complained (the VM lived on):\n%s", report)
 
     def qemu_stderr(self) -> str:
         """What QEMU itself printed (argument errors, assertion failures)."""
