@@ -65,14 +65,14 @@ class AlpineRecipe:
 
     def inputs(self) -> Mapping[str, object]:
         """Recipe version, mirror, packages, modules and guest scripts."""
-        from .initramfs import _init_script
+        from .initramfs import init_script
 
         return {
             "version": RECIPE_VERSION,
             "mirror": _MIRROR,
             "packages": sorted(ALPINE_PACKAGES),
             "modules": list(GUEST_MODULES),
-            "initramfs_init": _init_script([]),
+            "initramfs_init": init_script([]),
             "rlm_init": RLM_INIT,
             "rlm_provision": RLM_PROVISION,
             "rlm_agent_start": RLM_AGENT_START,

@@ -101,7 +101,7 @@ class DebianRecipe:
 
     def inputs(self) -> Mapping[str, object]:
         """Recipe version, suite, packages, dpkg filters, modules and the guest scripts."""
-        from .initramfs import _init_script  # the generated /init is part of the image
+        from .initramfs import init_script  # the generated /init is part of the image
 
         return {
             "version": RECIPE_VERSION,
@@ -109,7 +109,7 @@ class DebianRecipe:
             "packages": sorted(DEBIAN_PACKAGES),
             "dpkg": list(_DPKG_OPTIONS),
             "modules": list(GUEST_MODULES),
-            "initramfs_init": _init_script([]),
+            "initramfs_init": init_script([]),
             "rlm_init": RLM_INIT,
             "rlm_provision": RLM_PROVISION,
             "rlm_agent_start": RLM_AGENT_START,
