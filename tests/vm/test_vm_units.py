@@ -86,6 +86,7 @@ async def test_a_silent_qmp_does_not_hang_a_restore(tmp_path: Path) -> None:
 
     import trio
 
+    from rlm_host.errors import GuestError
     from rlm_host.vm.errors import BootTimeoutError
     from rlm_host.vm.qemu import VM
 
@@ -98,9 +99,51 @@ async def test_a_silent_qmp_does_not_hang_a_restore(tmp_path: Path) -> None:
     try:
         vm = VM(stand_in, tmp_path, console, ["qemu-stand-in"])
         with trio.fail_after(30):  # a guard against the hang itself, not a timing assertion
-            with pytest.raises(BootTimeoutError, match="QMP did not answer"):
+            with pytest.raises(BootTimeoutError, match="QMP did not answer") as caught:
                 await vm._resume(trio.current_time() + 0.5)
+        # api.py promises a GuestError for a guest that never came up.
+        assert isinstance(caught.value, GuestError)
     finally:
         stand_in.kill()
         stand_in.wait()
         listener.close()
+
+
+def test_pruning_keeps_agent_disks_asked_for_recently(tmp_path: Path) -> None:
+    """Beyond the newest three, a disk is removed (with its snapshots) only when nobody asked
+    for it lately: a running test session of other guest code still boots from its own."""
+    import os
+    import types
+
+    from rlm_host.vm.provision import KEEP_RECENT_SECONDS, prune_agent_disks
+
+    agent, snapshots = tmp_path / "agent", tmp_path / "snapshots"
+    agent.mkdir()
+    now = 1_000_000.0
+    ages = {"new1": 0, "new2": 10, "new3": 20, "recent": 3600, "old": KEEP_RECENT_SECONDS + 60}
+    for name, age in ages.items():
+        disk = agent / f"{name}.qcow2"
+        disk.write_bytes(b"")
+        os.utime(disk, (now - age, now - age))
+        (snapshots / f"{name}-key").mkdir(parents=True)
+    removed = prune_agent_disks(types.SimpleNamespace(path=tmp_path), now=now)  # type: ignore[arg-type]
+    assert sorted(p.name for p in removed) == ["old-key", "old.qcow2"]
+    assert sorted(p.stem for p in agent.glob("*.qcow2")) == ["new1", "new2", "new3", "recent"]
+
+
+def test_vm_modules_import_no_private_names_and_not_the_isolation_layer() -> None:
+    """The VM layer sits below ``rlm_host.isolation`` (which imports it), and its modules share
+    helpers through public names only (``snapshot`` once took ``qemu``'s private ones, and
+    ``alpine`` ``debian``'s)."""
+    import ast
+
+    import rlm_host.vm
+
+    offences = []
+    for path in sorted(Path(rlm_host.vm.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module is not None:
+                if node.module.endswith("isolation"):
+                    offences.append(f"{path.name}: imports {node.module}")
+                offences += [f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_") and a.name != "__future__"]
+    assert offences == []

@@ -71,5 +71,5 @@ async def open_guest(options: GuestOptions = GuestOptions()) -> AsyncIterator[Gu
         return
     from .vm.connect import open_vm_guest
 
-    async with open_vm_guest(options) as connection:
+    async with open_vm_guest(memory_mb=options.memory_mb, cpus=options.cpus, network=options.network) as connection:
         yield connection

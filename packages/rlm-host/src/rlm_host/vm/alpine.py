@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .cache import downloads_dir
-from .debian import TOOL_COMMANDS, _present_tools, _run, _tree_bytes
+from .build_steps import TOOL_COMMANDS, present_tools, run_step, tree_bytes
 from .errors import ImageBuildError
 from .guest_scripts import RLM_AGENT_START, RLM_INIT, RLM_PROVISION
 from .image import INITRAMFS_NAME, KERNEL_NAME, ROOTFS_NAME, BuildReporter, RecipeOutput
@@ -65,14 +65,14 @@ class AlpineRecipe:
 
     def inputs(self) -> Mapping[str, object]:
         """Recipe version, mirror, packages, modules and guest scripts."""
-        from .initramfs import _init_script
+        from .initramfs import init_script
 
         return {
             "version": RECIPE_VERSION,
             "mirror": _MIRROR,
             "packages": sorted(ALPINE_PACKAGES),
             "modules": list(GUEST_MODULES),
-            "initramfs_init": _init_script([]),
+            "initramfs_init": init_script([]),
             "rlm_init": RLM_INIT,
             "rlm_provision": RLM_PROVISION,
             "rlm_agent_start": RLM_AGENT_START,
@@ -104,7 +104,7 @@ class AlpineRecipe:
         if not members:
             raise ImageBuildError(f"{iso.name} has no apk-tools-static package")
         apk_file = work / "apk-tools-static.apk"
-        _run(["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", members[0], str(apk_file)], reporter,
+        run_step(["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", members[0], str(apk_file)], reporter,
              what="extracting apk.static from the ISO", fix="install xorriso")
         # An .apk is concatenated gzip'd tar streams; tarfile reads through them in one pass.
         with tarfile.open(fileobj=io.BytesIO(apk_file.read_bytes()), mode="r:gz") as tar:
@@ -128,7 +128,7 @@ class AlpineRecipe:
         rootfs.mkdir()
         reporter.step(f"installing Alpine {branch} packages with apk")
         repos = [f"{_MIRROR}/{branch}/main", f"{_MIRROR}/{branch}/community"]
-        _run(
+        run_step(
             [str(apk), "--root", str(rootfs), "--initdb", "--allow-untrusted", "--no-cache", "--arch", "x86_64",
              *(arg for repo in repos for arg in ("--repository", repo)), "add", *ALPINE_PACKAGES],
             reporter, what="apk add", fix="check that the Alpine mirror is reachable",
@@ -155,9 +155,9 @@ class AlpineRecipe:
         shutil.rmtree(rootfs / "boot", ignore_errors=True)
 
         reporter.step("packing the root filesystem as ext4")
-        tools = _present_tools(rootfs)
-        size_mb = max(1024, int(_tree_bytes(rootfs) * 1.4) // 2**20 + 256)
-        _run(["mke2fs", "-q", "-F", "-t", "ext4", "-O", "^has_journal", "-L", "rlmroot", "-d", str(rootfs), str(work / ROOTFS_NAME), f"{size_mb}M"],
+        tools = present_tools(rootfs)
+        size_mb = max(1024, int(tree_bytes(rootfs) * 1.4) // 2**20 + 256)
+        run_step(["mke2fs", "-q", "-F", "-t", "ext4", "-O", "^has_journal", "-L", "rlmroot", "-d", str(rootfs), str(work / ROOTFS_NAME), f"{size_mb}M"],
              reporter, what="mke2fs", fix="install e2fsprogs (scripts/setup-system.sh)")
         shutil.rmtree(rootfs)
         return RecipeOutput(

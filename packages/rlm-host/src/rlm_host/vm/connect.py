@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
-
 import logging
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 
 import trio
@@ -20,9 +18,6 @@ from .provision import ensure_agent_disk
 from .qemu import VMConfig, default_cpus, open_vm
 from .snapshot import ensure_snapshot
 from .wheelhouse import ensure_wheelhouse
-
-if TYPE_CHECKING:
-    from ..isolation import GuestOptions
 
 __all__ = ["open_vm_guest", "prepare_vm_config"]
 
@@ -68,14 +63,17 @@ def prepare_vm_config(
 
 
 @asynccontextmanager
-async def open_vm_guest(options: GuestOptions) -> AsyncIterator[GuestConnection]:
-    """Boot a VM as ``options`` say and yield the handshaken connection to its agent.
+async def open_vm_guest(*, memory_mb: int = 1536, cpus: int | None = None, network: bool = False) -> AsyncIterator[GuestConnection]:
+    """Boot a VM with these resources and yield the handshaken connection to its agent.
+
+    (``rlm_host.isolation.open_guest`` calls this for ``Isolation.vm``; the VM layer does not
+    import the isolation options, so that the two modules do not import each other.)
 
     Raises:
         VMError: (and subclasses) the VM could not be built, booted, or died.
     """
     config = await trio.to_thread.run_sync(
-        lambda: prepare_vm_config(memory_mb=options.memory_mb, cpus=options.cpus, network=options.network)
+        lambda: prepare_vm_config(memory_mb=memory_mb, cpus=cpus, network=network)
     )
     async with open_vm(config) as vm, GuestConnection.open(vm.stream, death_detail=vm.death_detail, cpu_waits=vm.cpu_waits) as connection:
         yield connection

@@ -18,6 +18,7 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
+from .build_steps import TOOL_COMMANDS, present_tools, run_step, tree_bytes
 from .errors import ImageBuildError
 from .guest_scripts import RLM_AGENT_START, RLM_INIT, RLM_PROVISION
 from .image import INITRAMFS_NAME, KERNEL_NAME, ROOTFS_NAME, BuildReporter, RecipeOutput
@@ -36,15 +37,6 @@ DEBIAN_PACKAGES: tuple[str, ...] = (
     "gzip", "sqlite3", "git", "diffutils", "poppler-utils", "findutils", "coreutils",
     "procps", "busybox-static", "ca-certificates", "less", "bc", "xz-utils", "bzip2",
 )
-
-#: Tool name shown to the model -> command that must exist in the image.
-TOOL_COMMANDS: dict[str, str] = {
-    "python3": "python3", "pip": "pip3", "bash": "bash", "ripgrep": "rg", "jq": "jq", "fd": "fd",
-    "file": "file", "tree": "tree", "tar": "tar", "unzip": "unzip", "gzip": "gzip",
-    "sqlite3": "sqlite3", "git": "git", "diff": "diff", "pdftotext": "pdftotext",
-    "find": "find", "xargs": "xargs", "grep": "grep", "sed": "sed", "awk": "awk", "ps": "ps",
-    "xz": "xz", "bzip2": "bzip2", "bc": "bc", "less": "less",
-}
 
 # Paths dpkg never unpacks: documentation, man pages and translations are dead weight
 # in a sandbox (copyright files stay, as Debian asks).
@@ -67,23 +59,6 @@ _TRIM_PATHS: tuple[str, ...] = (
 
 _KERNEL_DIR = "kernel"
 _ROOTFS_DIR = "rootfs"
-
-
-def _run(cmd: list[str], reporter: BuildReporter, *, what: str, fix: str) -> None:
-    """Run ``cmd``, streaming its output to ``reporter``; raise ImageBuildError on failure."""
-    reporter.detail("$ " + shlex.join(cmd[:3]) + (" ..." if len(cmd) > 3 else ""))
-    try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, errors="replace")
-    except FileNotFoundError as exc:
-        raise ImageBuildError(f"{what}: {cmd[0]} is not installed. Fix: {fix}") from exc
-    assert proc.stdout is not None
-    tail: list[str] = []
-    for line in proc.stdout:
-        line = line.rstrip()
-        tail = [*tail[-29:], line]
-        reporter.detail(line)
-    if proc.wait() != 0:
-        raise ImageBuildError(f"{what} failed (exit {proc.returncode}). Fix: {fix}\n" + "\n".join(tail))
 
 
 def _privilege_prefix() -> list[str]:
@@ -113,25 +88,6 @@ def _dpkg_versions(rootfs: Path) -> dict[str, str]:
     return versions
 
 
-def _present_tools(rootfs: Path) -> list[str]:
-    present = []
-    for tool, command in TOOL_COMMANDS.items():
-        for directory in ("usr/local/bin", "usr/bin", "bin", "usr/sbin"):
-            if os.path.lexists(rootfs / directory / command):
-                present.append(tool)
-                break
-    return present
-
-
-def _tree_bytes(root: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-            except OSError:
-                continue
-    return total
 
 
 class DebianRecipe:
@@ -145,7 +101,7 @@ class DebianRecipe:
 
     def inputs(self) -> Mapping[str, object]:
         """Recipe version, suite, packages, dpkg filters, modules and the guest scripts."""
-        from .initramfs import _init_script  # the generated /init is part of the image
+        from .initramfs import init_script  # the generated /init is part of the image
 
         return {
             "version": RECIPE_VERSION,
@@ -153,7 +109,7 @@ class DebianRecipe:
             "packages": sorted(DEBIAN_PACKAGES),
             "dpkg": list(_DPKG_OPTIONS),
             "modules": list(GUEST_MODULES),
-            "initramfs_init": _init_script([]),
+            "initramfs_init": init_script([]),
             "rlm_init": RLM_INIT,
             "rlm_provision": RLM_PROVISION,
             "rlm_agent_start": RLM_AGENT_START,
@@ -204,7 +160,7 @@ class DebianRecipe:
         rootfs = work / _ROOTFS_DIR
         sudo = _privilege_prefix()
         reporter.step(f"bootstrapping Debian {SUITE} with mmdebstrap" + (" (through sudo)" if sudo else ""))
-        _run(
+        run_step(
             [*sudo, *self._mmdebstrap_command(work)],
             reporter,
             what="mmdebstrap",
@@ -212,11 +168,11 @@ class DebianRecipe:
         )
         reporter.step("trimming the root filesystem")
         trim = [str(rootfs / rel) + "/" for rel in _TRIM_PATHS] + [str(p) for p in rootfs.glob("usr/lib/python3*/test")]
-        _run([*sudo, "sh", "-c", 'for d in "$@"; do rm -rf "$d"; done', "trim", *trim], reporter,
+        run_step([*sudo, "sh", "-c", 'for d in "$@"; do rm -rf "$d"; done', "trim", *trim], reporter,
              what="trimming", fix="check permissions of the cache directory")
         for rel in _TRIM_PATHS:
             if not (rootfs / rel).exists():
-                _run([*sudo, "mkdir", "-p", str(rootfs / rel)], reporter, what="trimming", fix="")
+                run_step([*sudo, "mkdir", "-p", str(rootfs / rel)], reporter, what="trimming", fix="")
 
         reporter.step("extracting the kernel for PVH boot")
         kernel_root = work / _KERNEL_DIR
@@ -229,24 +185,24 @@ class DebianRecipe:
         reporter.step("building the initramfs")
         modules_root = kernel_root / "lib/modules" / release
         modules = build_initramfs(busybox=rootfs / "bin/busybox", modules_root=modules_root, target=work / INITRAMFS_NAME)
-        _run([*sudo, "rm", "-rf", str(kernel_root)], reporter, what="cleaning up", fix="")
+        run_step([*sudo, "rm", "-rf", str(kernel_root)], reporter, what="cleaning up", fix="")
 
         reporter.step("packing the root filesystem as ext4")
         packages = _dpkg_versions(rootfs)
-        tools = _present_tools(rootfs)
+        tools = present_tools(rootfs)
         # The file is sparse, so generous headroom is free; the agent's pip install at
         # provisioning time writes into it.
-        size_mb = max(1024, int(_tree_bytes(rootfs) * 1.4) // 2**20 + 256)
-        _run(
+        size_mb = max(1024, int(tree_bytes(rootfs) * 1.4) // 2**20 + 256)
+        run_step(
             [*sudo, "mke2fs", "-q", "-F", "-t", "ext4", "-O", "^has_journal", "-L", "rlmroot", "-d", str(rootfs), str(work / ROOTFS_NAME), f"{size_mb}M"],
             reporter,
             what="mke2fs",
             fix="install e2fsprogs >= 1.43 (mke2fs -d), e.g. run scripts/setup-system.sh",
         )
-        _run([*sudo, "rm", "-rf", str(rootfs)], reporter, what="cleaning up", fix="")
+        run_step([*sudo, "rm", "-rf", str(rootfs)], reporter, what="cleaning up", fix="")
         if sudo:
             # Files written by root through sudo: hand them to the user who owns the cache.
-            _run([*sudo, "chown", f"{os.getuid()}:{os.getgid()}", str(work / ROOTFS_NAME)], reporter, what="chown", fix="")
+            run_step([*sudo, "chown", f"{os.getuid()}:{os.getgid()}", str(work / ROOTFS_NAME)], reporter, what="chown", fix="")
         wanted = {"python3", "python3-pip", "ripgrep", "jq", "fd-find", "file", "tree", "sqlite3", "git", "poppler-utils", "busybox-static", "coreutils", "findutils", "diffutils", "tar", "unzip", "gzip"}
         return RecipeOutput(
             distribution=f"debian {SUITE}",

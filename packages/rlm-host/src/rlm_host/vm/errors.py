@@ -6,13 +6,14 @@ one type at the boundary (the CLI prints it, the engine turns it into a failed r
 
 from __future__ import annotations
 
-from ..errors import GuestDiedError, RlmError
+from ..errors import GuestDiedError, GuestError, RlmError
 
 __all__ = [
     "BootTimeoutError",
     "ImageBuildError",
     "ImageNotFoundError",
     "VMDiedError",
+    "VMLockupError",
     "VMError",
 ]
 
@@ -44,8 +45,25 @@ class VMDiedError(VMError, GuestDiedError):
         GuestDiedError.__init__(self, f"{message} (qemu exit status {returncode})", detail)
 
 
-class BootTimeoutError(VMError):
-    """The guest agent did not become ready within the boot timeout."""
+class VMLockupError(VMDiedError):
+    """The guest kernel locked up, so the host ended the VM.
+
+    The kernel reported a CPU stuck (``lockup`` is its console line), and QEMU had a host CPU
+    for ``ran`` seconds of that span: not a guest the host starved (see :mod:`.lockup`).
+    ``during_start``: it happened before the agent was ready (the start was made once more
+    before this was raised).
+    """
+
+    def __init__(self, message: str, *, returncode: int | None, console_tail: str, lockup: str, ran: float, during_start: bool) -> None:
+        self.lockup = lockup
+        self.ran = ran
+        self.during_start = during_start
+        super().__init__(message, returncode=returncode, console_tail=console_tail)
+
+
+class BootTimeoutError(VMError, GuestError):
+    """The guest agent did not become ready within the boot timeout (a ``GuestError``: to a
+    caller, a guest that never came up is a failed guest)."""
 
     def __init__(self, message: str, *, console_tail: str) -> None:
         self.console_tail = console_tail

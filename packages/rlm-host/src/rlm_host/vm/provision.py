@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from .accel import find_qemu, probe_accel
@@ -22,7 +23,7 @@ from .cache import build_lock, share_dir
 from .errors import ImageBuildError
 from .guest_scripts import PROVISION_OK
 from .image import GuestImage
-from .qemu import VMConfig, _set_pdeathsig, qemu_command
+from .command import VMConfig, qemu_command, set_pdeathsig
 from .wheelhouse import Wheelhouse
 
 __all__ = ["agent_disk_path", "ensure_agent_disk", "prune_agent_disks"]
@@ -31,21 +32,28 @@ _PROVISION_TIMEOUT = 900.0
 #: Agent disks (and their snapshots, ~100 MB each) kept per image: every change to the guest
 #: code makes a new one, and a test run may still be using the previous few.
 KEEP_AGENT_DISKS = 3
+#: ... and any disk asked for this recently (its mtime is touched at every cache hit): a test
+#: session or a batch prepares its VM config once and starts VMs from it for an hour or more,
+#: while a checkout of other guest code on the same machine makes disks of its own. Pruning by
+#: count alone removed a disk that a running session was about to boot.
+KEEP_RECENT_SECONDS = 3 * 3600.0
 
 
-def prune_agent_disks(image: GuestImage, keep: int = KEEP_AGENT_DISKS) -> list[Path]:
-    """Delete all but the ``keep`` newest agent disks of ``image`` and their snapshots.
+def prune_agent_disks(image: GuestImage, keep: int = KEEP_AGENT_DISKS, *, now: float | None = None) -> list[Path]:
+    """Delete the agent disks of ``image`` (and their snapshots) beyond the ``keep`` newest
+    that were not asked for in the last :data:`KEEP_RECENT_SECONDS`.
 
     Safe while VMs run: QEMU holds its files open, and unlinking an open file on Linux
     only removes the name. Returns what was removed.
     """
+    now = time.time() if now is None else now
     agent_dir = image.path / "agent"
     if not agent_dir.is_dir():
         return []
     disks = sorted(agent_dir.glob("*.qcow2"), key=lambda p: p.stat().st_mtime, reverse=True)
     removed: list[Path] = []
     for disk in disks[keep:]:
-        if ".tmp-" in disk.name:
+        if ".tmp-" in disk.name or disk.stat().st_mtime > now - KEEP_RECENT_SECONDS:
             continue
         disk.unlink(missing_ok=True)
         removed.append(disk)
@@ -68,12 +76,21 @@ def ensure_agent_disk(image: GuestImage, wheelhouse: Wheelhouse, *, log: Path | 
             guest console tail).
     """
     target = agent_disk_path(image, wheelhouse)
-    if target.exists():
+    if _touch(target):
         return target
     with build_lock(target):
         if target.exists():  # another VM start made it while we waited
             return target
         return _create_agent_disk(image, wheelhouse, target, log)
+
+
+def _touch(disk: Path) -> bool:
+    """Mark ``disk`` as asked for now (see :data:`KEEP_RECENT_SECONDS`); False if it is missing."""
+    try:
+        os.utime(disk)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _create_agent_disk(
@@ -102,7 +119,7 @@ def _create_agent_disk(
             try:
                 proc = subprocess.run(
                     cmd, capture_output=True, text=True, timeout=_PROVISION_TIMEOUT,
-                    stdin=subprocess.DEVNULL, preexec_fn=_set_pdeathsig,
+                    stdin=subprocess.DEVNULL, preexec_fn=set_pdeathsig,
                 )
             except subprocess.TimeoutExpired as exc:
                 raise ImageBuildError(f"provisioning the agent did not finish in {_PROVISION_TIMEOUT:.0f} s") from exc

@@ -12,231 +12,44 @@ breakdown (``rlm-init:`` lines carry the guest's uptime).
 Lifetime: QEMU gets ``PR_SET_PDEATHSIG=SIGKILL`` (it dies with the host process even on
 SIGKILL of the host) and is killed in ``finally``. A watcher task waits on a pidfd of the
 QEMU process, so an exit is noticed at once; it cancels the ``async with`` body, which then
-raises :class:`~.errors.VMDiedError` with the console tail.
+raises :class:`~.errors.VMDiedError` with the console tail. A console follower, for the VM's
+whole life, times the boot phases and ends a VM whose kernel locked up (:mod:`.lockup`).
+
+(Over the ~400 lines a module should have: the start, the restore, the watcher, the console
+follower and the end share one VM's state and its one nursery; the pure parts live in
+``command``, ``console``, ``timings``, ``lockup`` and ``qmp``.)
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import json
 import logging
 import os
-import re
-import shlex
 import shutil
-import signal
 import socket
 import subprocess
-import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import replace
 from pathlib import Path
 
 import trio
 
 from .accel import AccelChoice, find_qemu, probe_accel
-from .errors import BootTimeoutError, VMDiedError, VMError
-from .guest_scripts import AGENT_PORT_NAME, CACHE_MOUNT_TAG
+from .command import VMConfig, default_cpus, qemu_command, set_pdeathsig
+from .console import INIT_LINE, console_excerpt, first_kernel_report, read_console_end
+from .errors import BootTimeoutError, VMDiedError, VMError, VMLockupError
+from .lockup import AFTER_READY_LIMIT, DURING_START_LIMIT, Lockup, LockupWatch
+from .qmp import QMPClient, QMPClosedError, cpu_registers
+from .run_dir import new_run_dir
+from .timings import BootTimings, InitLine, boot_timings
+from ..errors import GuestDiedError, single_error
 from ..starvation import thread_waits
 
 __all__ = ["BootTimings", "VM", "VMConfig", "console_excerpt", "default_cpus", "open_vm", "qemu_command"]
 
-# Kernel arguments. quiet: printing to the emulated UART is slow under TCG. panic=-1 with
-# -no-reboot: a guest panic (e.g. the agent, PID 1's child, taking init down) ends QEMU, which
-# the watcher reports. The rest skip work that a throwaway VM does not need (each measured to
-# shave boot time under TCG): mitigation patching, KASLR, clock-source checks, crypto
-# self-tests, audit, legacy PS/2 probing. random.trust_cpu: seed the RNG from RDRAND at once so
-# Python's os.urandom never blocks at start.
-_KERNEL_ARGS = (
-    "console=ttyS0", "quiet", "panic=-1", "mitigations=off", "nokaslr", "tsc=reliable",
-    "no_timer_check", "cryptomgr.notests", "random.trust_cpu=on", "audit=0", "8250.nr_uarts=1",
-    "i8042.noaux", "i8042.nokbd", "i8042.nopnp",
-    # No softlockup_panic (nor any other panic on a timing): under TCG guest time is host time,
-    # so on a loaded host a vCPU that merely ran slowly for 20 s looks locked up to the guest's
-    # watchdog, and a panic there killed healthy VMs. A hung guest is the host's to detect: a
-    # block with no result well past its timeout, counted in time QEMU was not starved of CPU
-    # (``rlm_host.starvation``). The lockup report itself still reaches the console.
-    "softlockup_panic=0",
-)
-_QBOOT = Path("/usr/share/qemu/qboot.rom")
 _log = logging.getLogger(__name__)
-_CONSOLE_TAIL_BYTES = 64 * 1024
-_INIT_LINE = re.compile(r"rlm-init: (.+?) ([0-9]+\.[0-9]+)(?: [0-9.]+)?\s*$")
-#: The first line of a kernel report that explains a death (printed even with ``quiet``). Its
-#: register dump, call trace and module list run past a 40-line tail, which then shows only the
-#: interrupted code and ``Kernel Offset``, not what the kernel complained about.
-_KERNEL_REPORT = re.compile(
-    r"(Kernel panic|BUG:|watchdog:|rcu: INFO|Oops|general protection fault|Out of memory|INFO: task .* blocked)"
-)
-
-
-def console_excerpt(text: str, max_lines: int = 40) -> str:
-    """The last ``max_lines`` lines of ``text``, preceded by the kernel report lines above them.
-
-    >>> log = "boot\\nwatchdog: BUG: soft lockup - CPU#1 stuck for 22s!\\n" + "trace\\n" * 50
-    >>> print(console_excerpt(log, max_lines=2))
-    watchdog: BUG: soft lockup - CPU#1 stuck for 22s!
-    [...]
-    trace
-    trace
-    """
-    lines = text.splitlines()
-    tail = lines[-max_lines:]
-    earlier = [line for line in lines[: max(0, len(lines) - max_lines)] if _KERNEL_REPORT.search(line)]
-    if not earlier:
-        return "\n".join(tail)
-    return "\n".join([*earlier[-10:], "[...]", *tail])
-
-
-def default_cpus() -> int:
-    """vCPUs for a guest: 2 when the host has more than one core (TCG runs one thread each)."""
-    return 2 if (os.cpu_count() or 1) > 1 else 1
-
-
-@dataclass(frozen=True)
-class VMConfig:
-    """How to start one guest VM.
-
-    ``disk`` is the root disk: the provisioned agent overlay by default (see
-    :func:`.provision.ensure_agent_disk`, done by :func:`.connect.open_vm_guest`), or any
-    raw/qcow2 image with the rlm init scripts. ``guest_entry`` replaces the agent with a
-    script run as ``python3 <guest_entry> --device <port>`` (test stand-ins).
-    """
-
-    kernel: Path
-    initramfs: Path
-    disk: Path
-    memory_mb: int = 1536
-    cpus: int = field(default_factory=default_cpus)
-    network: bool = False
-    share: Path | None = None
-    accel: AccelChoice | None = None
-    boot_timeout: float = 180.0
-    guest_entry: str | None = None
-    extra_kernel_args: tuple[str, ...] = ()
-    writable_disk: bool = False
-    console_log: Path | None = None
-    #: Use the device set snapshots need (SeaBIOS with ACPI, ``vmgenid``, a QMP socket):
-    #: slower to cold-boot than qboot, but only snapshot creation cold-boots it.
-    snapshot_compatible: bool = False
-    #: A state file written by :func:`.snapshot.ensure_snapshot` to resume instead of booting.
-    restore_from: Path | None = None
-    #: Extra virtio-serial ports (names), each on a unix socket ``<run_dir>/<name>.sock`` that
-    #: :meth:`VM.extra_socket` gives: raw channels beside the agent's (the benchmarks' echo).
-    extra_ports: tuple[str, ...] = ()
-    #: Add a second emulated 16550 UART (the guest's ``/dev/ttyS1``; needs the kernel argument
-    #: ``8250.nr_uarts=2``) on the unix socket ``<run_dir>/uart1.sock``: the seed's channel,
-    #: for the benchmarks' baseline.
-    extra_uart: bool = False
-
-
-@dataclass
-class BootTimings:
-    """Boot-to-ready breakdown in seconds.
-
-    Host-measured: ``total`` (QEMU spawn to the agent's first bytes) and ``qemu_socket``
-    (spawn until the agent socket accepted us). Guest-measured from console lines, mapped to
-    host time via the moment the first ``rlm-init`` line appeared: ``firmware`` (QEMU start to
-    kernel entry, estimated), ``kernel`` (kernel entry to /init), ``modules`` (initramfs module
-    loading), ``switch_root`` (mounts and switch_root), ``userspace`` (stage-2 init up to the
-    agent exec), ``agent_import`` (python start and the agent's imports), ``agent`` (from
-    then to its first bytes: host-connect check, 9p mount, Hello). A restored VM
-    (``restored``) has host-measured figures instead: ``restore_load`` (spawn until the
-    state is loaded and the VM continues), ``restore_resume`` (until the guest noticed the
-    host and printed ``agent start``, after mounting the share) and ``agent`` (from then to
-    the Hello).
-    """
-
-    total: float = 0.0
-    qemu_socket: float = 0.0
-    restored: bool = False
-    firmware: float | None = None
-    kernel: float | None = None
-    modules: float | None = None
-    switch_root: float | None = None
-    userspace: float | None = None
-    agent_import: float | None = None
-    agent: float | None = None
-    restore_load: float | None = None
-    restore_resume: float | None = None
-
-    def as_dict(self) -> dict[str, float | bool | None]:
-        """Rounded values for JSON output."""
-        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
-
-
-def qemu_command(config: VMConfig, *, qemu: str, accel: AccelChoice, run_dir: Path, console: Path) -> list[str]:
-    """The full QEMU command line for ``config`` (pure: no side effects)."""
-    disk_format = "qcow2" if config.disk.suffix == ".qcow2" else "raw"
-    kernel_args = [*_KERNEL_ARGS, *config.extra_kernel_args]
-    if config.guest_entry:
-        kernel_args.append(f"rlm.entry={config.guest_entry}")
-    if config.network:
-        kernel_args.append("rlm.network")
-    if config.share is None:
-        kernel_args.append("rlm.nocache")
-    cmd = [
-        qemu, "-name", "rlm-guest", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        *accel.qemu_args,
-        "-machine", "q35",
-        "-m", str(config.memory_mb), "-smp", str(config.cpus),
-        "-kernel", str(config.kernel), "-initrd", str(config.initramfs), "-append", " ".join(kernel_args),
-        "-serial", f"file:{console}",
-        "-drive", f"file={config.disk},format={disk_format},if=virtio,cache=unsafe"
-        + ("" if config.writable_disk else ",readonly=on"),
-        "-chardev", f"socket,id=agent,path={run_dir / 'agent.sock'},server=on,wait=off",
-        "-device", "virtio-serial-pci",
-        "-device", f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}",
-    ]
-    for index, name in enumerate(config.extra_ports):
-        cmd += [
-            "-chardev", f"socket,id=extra{index},path={run_dir / (name + '.sock')},server=on,wait=off",
-            "-device", f"virtserialport,chardev=extra{index},name={name}",
-        ]
-    if config.extra_uart:
-        cmd += [
-            "-chardev", f"socket,id=uart1,path={run_dir / 'uart1.sock'},server=on,wait=off",
-            "-device", "isa-serial,chardev=uart1",
-        ]
-    if config.snapshot_compatible or config.restore_from is not None:
-        # A new VM generation id at every QEMU start makes the guest kernel reseed its RNG
-        # after a restore, so restored guests do not share random state (DESIGN.md).
-        cmd += ["-device", "vmgenid", "-qmp", f"unix:{run_dir / 'qmp.sock'},server=on,wait=off"]
-    elif _QBOOT.exists():
-        # qboot: a minimal firmware that jumps to the PVH kernel sooner than SeaBIOS. (It
-        # hangs with -device vmgenid, hence SeaBIOS for snapshot VMs.)
-        cmd += ["-bios", str(_QBOOT)]
-    if config.restore_from is not None:
-        cmd += ["-incoming", "exec:cat " + shlex.quote(str(config.restore_from))]
-    if config.share is not None:
-        cmd += ["-virtfs", f"local,path={config.share},mount_tag={CACHE_MOUNT_TAG},security_model=none,readonly=on"]
-    cmd += ["-nic", "user,model=virtio-net-pci"] if config.network else ["-nic", "none"]
-    return cmd
-
-
-_RUN_DIR_PREFIX = "rlm-vm-"
-
-
-def _sweep_run_dirs() -> None:
-    # A host killed with SIGKILL takes QEMU along (PDEATHSIG) but cannot remove its run
-    # directory; remove those whose owner process is gone.
-    for path in Path(tempfile.gettempdir()).glob(_RUN_DIR_PREFIX + "*"):
-        try:
-            owner = int((path / "owner.pid").read_text())
-        except (OSError, ValueError):
-            continue
-        if not Path(f"/proc/{owner}").exists():
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _set_pdeathsig() -> None:
-    # Runs in the child between fork and exec: ask the kernel to SIGKILL QEMU when the
-    # thread that forked it (our main thread) dies. PR_SET_PDEATHSIG = 1.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL, 0, 0, 0)
 
 
 class VM:
@@ -251,10 +64,19 @@ class VM:
         self._stream: trio.SocketStream | None = None
         self._closing = False
         self._died = False
-        self._console_scope = trio.CancelScope()
+        self._ready = False
+        self._lockups = LockupWatch()
+        self._lockup: Lockup | None = None
+        self._lockup_during_start = False
+        self._lockup_cpus = ""
+        self._console_lock = trio.Lock()
+        self._console_offset = 0
+        self._console_partial = b""
+        #: (before ready, after ready): see ``VMConfig.start_lockup_limit``/``lockup_limit``.
+        self.lockup_limits = (DURING_START_LIMIT, AFTER_READY_LIMIT)
         self._resumed_at: float | None = None
         self._spawned = 0.0
-        self._init_lines: list[tuple[float, str, float]] = []  # (host time, label, guest uptime)
+        self._init_lines: list[InitLine] = []
 
     @property
     def pid(self) -> int:
@@ -280,14 +102,7 @@ class VM:
     def console_tail(self, max_lines: int = 40) -> str:
         """The last ``max_lines`` lines of the guest console log, after the headlines of the
         kernel's reports (panic, lockup, stall, oops) that came before them."""
-        try:
-            with self.console_path.open("rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - _CONSOLE_TAIL_BYTES))
-                text = f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-        return console_excerpt(text, max_lines)
+        return console_excerpt(read_console_end(self.console_path), max_lines)
 
     def cpu_waits(self) -> dict[int, float]:
         """Seconds each QEMU thread has waited for a host CPU (for
@@ -306,19 +121,15 @@ class VM:
             await trio.sleep(0.01)
         code = self.process.poll()
         state = f"qemu (pid {self.pid}) " + ("is still running" if code is None else f"exited with status {code}")
+        if self._lockup is not None:
+            state = self._lockup_message() + "; " + state
         return state + "\n--- guest console (tail) ---\n" + self.console_tail()
 
     def _report_kernel_complaints(self) -> None:
         # A guest that lived through a kernel report (a soft lockup, an RCU stall: a slow TCG
         # guest on a loaded host) is a warning, not a death; the report says where it was.
-        try:
-            text = self.console_path.read_bytes()[-_CONSOLE_TAIL_BYTES:].decode("utf-8", "replace")
-        except OSError:
-            return
-        lines = text.splitlines()
-        first = next((i for i, line in enumerate(lines) if _KERNEL_REPORT.search(line)), None)
-        if first is not None:
-            _log.warning("the guest kernel complained (the VM lived on):\n%s", "\n".join(lines[first : first + 30]))
+        if report := first_kernel_report(read_console_end(self.console_path)):
+            _log.warning("the guest kernel complained (the VM lived on):\n%s", report)
 
     def qemu_stderr(self) -> str:
         """What QEMU itself printed (argument errors, assertion failures)."""
@@ -328,20 +139,38 @@ class VM:
             return ""
 
     def died_error(self, message: str = "the VM's QEMU process exited") -> VMDiedError:
-        """A :class:`VMDiedError` describing the current state."""
+        """A :class:`VMDiedError` describing the current state (a :class:`VMLockupError` when
+        the host ended the VM for a lockup)."""
+        if self._lockup is not None:
+            lockup = self._lockup
+            return VMLockupError(
+                self._lockup_message(), returncode=self.process.poll(), console_tail=self.console_tail(),
+                lockup=lockup.line, ran=lockup.ran, during_start=self._lockup_during_start,
+            )
         if stderr := self.qemu_stderr():
             message += f"; qemu said: {stderr}"
         return VMDiedError(message, returncode=self.process.poll(), console_tail=self.console_tail())
 
+    def _lockup_message(self) -> str:
+        assert self._lockup is not None
+        when = "while starting" if self._lockup_during_start else "while running"
+        return (
+            f"the guest kernel locked up {when}, so the host ended the VM: {self._lockup.line!r}, "
+            f"and QEMU had a host CPU for {self._lockup.ran:.0f} s of that span"
+            + (f"; vCPUs at the end:\n{self._lockup_cpus}\n" if self._lockup_cpus else "")
+        )
+
     def kill(self) -> None:
-        """Kill QEMU now (idempotent; does not wait long: SIGKILL cannot be refused)."""
+        """Send QEMU SIGKILL (idempotent, does not wait: see :meth:`terminate`)."""
         self._closing = True
         if self.process.poll() is None:
             self.process.kill()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # pragma: no cover - a process in D state
-            pass
+
+    async def terminate(self) -> None:
+        """Kill QEMU and wait until it is gone (at most 10 s, in a worker thread: SIGKILL cannot
+        be refused, but a process in uninterruptible sleep dies only when its I/O ends)."""
+        self.kill()
+        await trio.to_thread.run_sync(_wait_for_exit, self.process, 10.0)
 
     async def _watch(self, cancel_scope: trio.CancelScope) -> None:
         # pidfd becomes readable when the process exits: no polling, no SIGCHLD handler.
@@ -359,30 +188,76 @@ class VM:
             self._died = True
             cancel_scope.cancel()
 
-    async def _follow_console(self, spawned: float) -> None:
-        with self._console_scope:
-            await self._follow_console_lines(spawned)
+    async def _follow_console(self) -> None:
+        # For the VM's whole life: the rlm-init lines (boot timings) and the kernel's lockup
+        # reports. File and /proc reads run in a worker thread, off the trio thread; every 10 ms
+        # while starting (each line's time is a boot figure), every 0.25 s once ready.
+        next_sample = 0.0
+        while self._lockup is None:
+            now = time.monotonic()
+            sample = now >= next_sample
+            if sample:
+                next_sample = now + 1.0
+            await self._drain_console(sample)
+            await trio.sleep(0.25 if self._ready else 0.01)
 
-    async def _follow_console_lines(self, spawned: float) -> None:
-        # Record when each rlm-init line appears, to map guest uptime onto host time.
-        offset = 0
-        partial = b""
-        while True:
-            try:
-                with self.console_path.open("rb") as f:
-                    f.seek(offset)
-                    chunk = f.read()
-            except FileNotFoundError:
-                chunk = b""
-            now = time.monotonic() - spawned
-            if chunk:
-                offset += len(chunk)
-                *lines, partial = (partial + chunk).split(b"\n")
-                for raw in lines:
-                    match = _INIT_LINE.search(raw.decode("utf-8", "replace"))
-                    if match:
-                        self._init_lines.append((now, match.group(1), float(match.group(2))))
-            await trio.sleep(0.01)
+    async def _drain_console(self, sample: bool = False) -> None:
+        """Take what the console got since the last call (and, if ``sample``, QEMU's CPU waits);
+        end the VM if a line in it reports a lockup the host believes."""
+        async with self._console_lock:
+            if self._lockup is not None:
+                return
+            now = time.monotonic()
+            chunk, waits = await trio.to_thread.run_sync(self._read_console, self._console_offset, sample)
+            if sample:
+                self._lockups.sample(now, waits)
+            if not chunk:
+                return
+            self._console_offset += len(chunk)
+            *lines, self._console_partial = (self._console_partial + chunk).split(b"\n")
+            for raw in lines:
+                if self._console_line(raw.decode("utf-8", "replace"), now, waits):
+                    await self._end_for_lockup()
+                    return
+
+    def _read_console(self, offset: int, sample: bool) -> tuple[bytes, dict[int, float]]:
+        try:
+            with self.console_path.open("rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            chunk = b""
+        # QEMU's CPU waits: every second, and whenever a lockup report needs judging now.
+        waits = thread_waits(self.pid) if sample or b"soft lockup" in chunk else {}
+        return chunk, waits
+
+    def _console_line(self, line: str, now: float, waits: dict[int, float]) -> bool:
+        """Take one console line; True when it ended the VM (a lockup the host believes)."""
+        match = INIT_LINE.search(line)
+        if match:
+            self._init_lines.append((now - self._spawned, match.group(1), float(match.group(2))))
+            return False
+        limit = self.lockup_limits[1] if self._ready else self.lockup_limits[0]
+        lockup = self._lockups.judge(line, now, waits, limit=limit)
+        if lockup is None or self._closing:
+            return False
+        self._lockup, self._lockup_during_start = lockup, not self._ready
+        return True
+
+    async def _end_for_lockup(self) -> None:
+        # With ``quiet`` the kernel prints the report's headline but not its call trace, so
+        # the console does not say where the CPUs spin. QEMU can: each vCPU's registers, whose
+        # RIP resolves against the guest's /proc/kallsyms (``nokaslr``: the same in every VM).
+        self._lockup_cpus = await cpu_registers(self.run_dir / "qmp.sock")
+        _log.warning("%s; ending it%s", self._lockup_message(), "\n" + self._lockup_cpus if self._lockup_cpus else "")
+        self.process.kill()  # the watcher sees QEMU exit and cancels the VM's users
+
+    async def _agent_spoke(self) -> bool:
+        """Whether the readable agent socket holds bytes (the Hello), not an end of stream."""
+        try:
+            return bool(await self.stream.socket.recv(1, socket.MSG_PEEK))
+        except OSError:  # reset: QEMU went away
+            return False
 
     async def _connect(self, deadline: float) -> None:
         path = self.run_dir / "agent.sock"
@@ -401,101 +276,62 @@ class VM:
             await trio.sleep(0.005)
 
     async def _resume(self, deadline: float) -> None:
-        path = self.run_dir / "qmp.sock"
-        while True:
-            try:
-                qmp = await trio.open_unix_socket(str(path))
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED):
-                    raise VMError(f"cannot connect to QMP at {path}: {exc}") from exc
+        def check_alive() -> None:
             if self.process.poll() is not None:
                 raise self.died_error("QEMU exited while restoring the snapshot")
-            if trio.current_time() > deadline:
-                raise BootTimeoutError("QEMU did not open its QMP socket", console_tail=self.console_tail())
-            await trio.sleep(0.005)
-        async with qmp:
-            buffer = b""
 
-            async def reply() -> dict[str, object]:
-                nonlocal buffer
-                while True:
-                    while b"\n" not in buffer:
-                        chunk = await qmp.receive_some(65536)
-                        if not chunk:
-                            raise self.died_error("QMP closed while restoring the snapshot")
-                        buffer += chunk
-                    line, buffer = buffer.split(b"\n", 1)
-                    message: dict[str, object] = json.loads(line)
-                    if "event" not in message:
-                        return message
-
-            async def execute(command: str) -> object:
-                await qmp.send_all(json.dumps({"execute": command}).encode() + b"\r\n")
-                answer = await reply()
-                if "error" in answer:
-                    raise VMError(f"QMP {command} failed while restoring the snapshot: {answer['error']}")
-                return answer.get("return")
-
-            # A QEMU that accepted the connection but never answers must not hang the start.
-            with trio.move_on_at(deadline):
-                await reply()  # greeting
-                await execute("qmp_capabilities")
+        # A QEMU that accepted the connection but never answers must not hang the start.
+        with trio.move_on_at(deadline):
+            try:
+                qmp = await QMPClient.connect(self.run_dir / "qmp.sock", check_alive=check_alive)
+            except QMPClosedError as exc:
+                raise self.died_error("QMP closed while restoring the snapshot") from exc
+            try:
                 # The saved VM was stopped, so the loaded one stays paused: "cont" once loaded.
                 while True:
-                    status = await execute("query-status")
+                    status = await qmp.execute("query-status")
                     if not isinstance(status, dict) or status.get("status") != "inmigrate":
                         break
                     await trio.sleep(0.005)
-                await execute("cont")
-                self._resumed_at = time.monotonic()
-                return
-            raise BootTimeoutError(
-                "restoring the VM snapshot took too long (QMP did not answer)", console_tail=self.console_tail()
-            )
+                await qmp.execute("cont")
+            except QMPClosedError as exc:
+                raise self.died_error("QMP closed while restoring the snapshot") from exc
+            finally:
+                await qmp.aclose()
+            self._resumed_at = time.monotonic()
+            return
+        if not (self.run_dir / "qmp.sock").exists():
+            raise BootTimeoutError("QEMU did not open its QMP socket", console_tail=self.console_tail())
+        raise BootTimeoutError(
+            "restoring the VM snapshot took too long (QMP did not answer)", console_tail=self.console_tail()
+        )
 
     def _compute_timings(self, total: float, socket_at: float) -> None:
-        t = self.timings
-        t.total, t.qemu_socket = total, socket_at
-        t.restored = "-incoming" in self.command
-        uptime = {label: up for _host, label, up in self._init_lines}
-        first = next(((host, up) for host, label, up in self._init_lines if label == "modules"), None)
-        if t.restored:
-            # A restored guest's uptime continues from the snapshot: host times only.
-            if self._resumed_at is not None:
-                t.restore_load = self._resumed_at - self._spawned
-                started = next((host for host, label, _up in self._init_lines if label == "agent start"), None)
-                if started is not None:
-                    t.restore_resume = started - t.restore_load
-                    t.agent = total - started
-            return
-        if first is None:
-            return
-        # The first line appeared (host time) at most ~10 ms after the guest printed it.
-        kernel_entry = first[0] - first[1]
-        t.firmware = max(0.0, kernel_entry)
-        t.kernel = first[1]
+        resumed = None if self._resumed_at is None else self._resumed_at - self._spawned
+        self.timings = boot_timings(
+            self._init_lines, total=total, socket_at=socket_at, restored="-incoming" in self.command, resumed_after=resumed
+        )
 
-        def span(start: str, end: str) -> float | None:
-            return uptime[end] - uptime[start] if start in uptime and end in uptime else None
 
-        t.modules = span("modules", "modules loaded")
-        t.switch_root = span("modules loaded", "stage2")
-        t.userspace = span("stage2", "agent")
-        t.agent_import = span("agent", "agent waiting")
-        if "agent waiting" in uptime:
-            t.agent = total - (kernel_entry + uptime["agent waiting"])
+def _wait_for_exit(process: subprocess.Popen[bytes], seconds: float) -> None:
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:  # pragma: no cover - a process in D state
+        pass
 
 
 @asynccontextmanager
 async def open_vm(config: VMConfig) -> AsyncIterator[VM]:
     """Boot a VM, wait until its agent has sent its first bytes, and yield it.
 
-    On exit QEMU is killed, whatever happened in the block.
+    On exit QEMU is killed, whatever happened in the block. A start in which the guest kernel
+    locked up (see :mod:`.lockup`) is made once more, as a cold boot, before its error is raised.
 
     Raises:
         VMDiedError: QEMU exited during boot or inside the block (noticed at once; the
             block is cancelled).
+        VMLockupError: the guest kernel locked up inside the block, or in both starts (a
+            ``VMDiedError``).
         BootTimeoutError: the agent was not ready within ``config.boot_timeout``.
         VMError: QEMU is missing or the VM could not be set up.
     """
@@ -503,10 +339,24 @@ async def open_vm(config: VMConfig) -> AsyncIterator[VM]:
     if qemu is None:
         raise VMError("qemu-system-x86_64 not found. Fix: sudo scripts/setup-system.sh (apt-get install qemu-system-x86)")
     accel = config.accel if config.accel is not None else await trio.to_thread.run_sync(probe_accel)
-    _sweep_run_dirs()
-    # Short private directory: unix socket paths are limited to 107 bytes.
-    run_dir = Path(tempfile.mkdtemp(prefix=_RUN_DIR_PREFIX))
-    (run_dir / "owner.pid").write_text(str(os.getpid()))
+    started = False
+    try:
+        async with _run_vm(config, qemu, accel) as vm:
+            started = True
+            yield vm
+        return
+    except VMLockupError as exc:
+        if started or not exc.during_start:
+            raise
+        # Nothing is lost yet: start again. As a cold boot, in case the snapshot is the cause.
+        _log.warning("%s; starting the VM once more, as a cold boot\n%s", exc.args[0], exc.console_tail)
+    async with _run_vm(replace(config, restore_from=None), qemu, accel) as vm:
+        yield vm
+
+
+@asynccontextmanager
+async def _run_vm(config: VMConfig, qemu: str, accel: AccelChoice) -> AsyncIterator[VM]:
+    run_dir = await trio.to_thread.run_sync(new_run_dir)
     console = config.console_log or run_dir / "console.log"
     console.touch()
     command = qemu_command(config, qemu=qemu, accel=accel, run_dir=run_dir, console=console)
@@ -516,15 +366,17 @@ async def open_vm(config: VMConfig) -> AsyncIterator[VM]:
     with (run_dir / "qemu.stderr").open("wb") as stderr:
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-            preexec_fn=_set_pdeathsig, close_fds=True,
+            preexec_fn=set_pdeathsig, close_fds=True,
         )
     vm = VM(process, run_dir, console, command)
     vm._spawned = spawned
+    vm.lockup_limits = (config.start_lockup_limit, config.lockup_limit)
     died: VMDiedError | None = None
+    escaping: BaseException | None = None  # what the block (or the start) raised
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(vm._watch, nursery.cancel_scope)
-            nursery.start_soon(vm._follow_console, spawned)
+            nursery.start_soon(vm._follow_console)
             deadline = trio.current_time() + config.boot_timeout
             await vm._connect(deadline)
             socket_at = time.monotonic() - spawned
@@ -538,9 +390,16 @@ async def open_vm(config: VMConfig) -> AsyncIterator[VM]:
                 raise BootTimeoutError(
                     f"the guest agent was not ready after {config.boot_timeout:.0f} s", console_tail=vm.console_tail()
                 )
-            # One more console read so that the last rlm-init line is counted.
-            await trio.sleep(0.02)
-            vm._console_scope.cancel()
+            # One more console read so that the last rlm-init line is counted (the agent printed
+            # it before its Hello).
+            await vm._drain_console()
+            if vm._lockup is not None or not await vm._agent_spoke():
+                # The socket was readable because QEMU closed it (a lockup's kill, QEMU that
+                # failed after opening its sockets): a death, not a Hello. Let it finish dying,
+                # so that the error has its exit status and what it printed.
+                await trio.to_thread.run_sync(_wait_for_exit, vm.process, 5.0)
+                raise vm.died_error("QEMU exited during start-up")
+            vm._ready = True
             vm._compute_timings(time.monotonic() - spawned, socket_at)
             try:
                 yield vm
@@ -550,20 +409,30 @@ async def open_vm(config: VMConfig) -> AsyncIterator[VM]:
     except BaseExceptionGroup as group:
         # The nursery wraps what the block raised; a caller of a context manager should see
         # the exception itself (trio's advice for nurseries inside context managers).
-        if len(group.exceptions) != 1:
+        inner = single_error(group)
+        if inner is group:
             raise
-        inner = group.exceptions[0]
+        escaping = inner
         raise inner.with_traceback(inner.__traceback__) from inner.__cause__
+    except GuestDiedError as exc:
+        escaping = exc
+        raise
     finally:
-        if vm._stream is not None:
-            with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True):
+            if vm._stream is not None:
                 await vm._stream.aclose()
-        vm.kill()
-        if vm._died:
-            died = vm.died_error()  # before the run directory (and QEMU's stderr) goes
-        else:
-            vm._report_kernel_complaints()
-        if config.console_log is None:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            await vm.terminate()
+            # A lockup kill may reach the block (the agent's channel closes) before the watcher
+            # sees QEMU exit: it is a death all the same.
+            if vm._died or vm._lockup is not None:
+                died = vm.died_error()  # before the run directory (and QEMU's stderr) goes
+            else:
+                await trio.to_thread.run_sync(vm._report_kernel_complaints)
+            if config.console_log is None:
+                await trio.to_thread.run_sync(lambda: shutil.rmtree(run_dir, ignore_errors=True))
+        if died is not None and isinstance(escaping, GuestDiedError) and not isinstance(escaping, VMDiedError):
+            # The block saw the agent's channel close before the watcher saw QEMU exit: the
+            # caller gets the VM's death (exit status, lockup, console) all the same.
+            raise died from escaping
     if died is not None:
         raise died

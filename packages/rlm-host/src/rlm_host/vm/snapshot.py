@@ -26,23 +26,26 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+
+import trio
 
 from .accel import find_qemu, probe_accel
 from .cache import build_lock
 from .errors import VMError
 from .guest_scripts import AGENT_WAITING
-from .qemu import _KERNEL_ARGS, VMConfig, _set_pdeathsig, qemu_command
+from .command import KERNEL_ARGS, VMConfig, qemu_command, set_pdeathsig
+from .qmp import QMPClient
 
 __all__ = ["ensure_snapshot", "snapshot_path"]
 
 _SNAPSHOT_TIMEOUT = 600.0
+#: Writing ~120 MB of state through ``cat`` takes seconds; this only stops a QEMU that hangs.
+_SAVE_TIMEOUT = 300.0
 
 
 def snapshot_path(config: VMConfig) -> Path:
@@ -53,7 +56,7 @@ def snapshot_path(config: VMConfig) -> Path:
     key_source = json.dumps(
         [str(config.kernel), str(config.initramfs), str(config.disk), config.memory_mb, config.cpus,
          config.network, config.share is not None, accel.name, qemu, stat.st_mtime_ns if stat else 0,
-         config.extra_kernel_args, config.guest_entry, _KERNEL_ARGS]
+         config.extra_kernel_args, config.guest_entry, KERNEL_ARGS]
         # Extra devices change the machine; only added when present, so existing keys hold.
         + ([list(config.extra_ports), config.extra_uart] if config.extra_ports or config.extra_uart else []),
     )
@@ -61,51 +64,6 @@ def snapshot_path(config: VMConfig) -> Path:
     # Prefixed with the agent disk's name (the wheelhouse hash), so that pruning old agent
     # disks can take their snapshots along.
     return config.disk.parent.parent / "snapshots" / f"{config.disk.stem}-{key}" / "state"
-
-
-class _QMP:
-    """A minimal blocking QMP client: enough for stop/migrate/query-migrate."""
-
-    def __init__(self, path: Path, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX)
-                self.sock.settimeout(timeout)
-                self.sock.connect(str(path))
-                break
-            except OSError:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-        self.file = self.sock.makefile("rwb")
-        self._read()  # greeting
-        self.execute("qmp_capabilities")
-
-    def _read(self) -> dict[str, Any]:
-        while True:
-            line = self.file.readline()
-            if not line:
-                raise VMError("QMP connection closed")
-            message: dict[str, Any] = json.loads(line)
-            if "event" not in message:  # events can come between a command and its reply
-                return message
-
-    def execute(self, command: str, **arguments: Any) -> Any:
-        request: dict[str, Any] = {"execute": command}
-        if arguments:
-            request["arguments"] = arguments
-        self.file.write(json.dumps(request).encode() + b"\r\n")
-        self.file.flush()
-        reply = self._read()
-        if "error" in reply:
-            raise VMError(f"QMP {command} failed: {reply['error']}")
-        return reply.get("return")
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
 
 
 def ensure_snapshot(config: VMConfig) -> Path:
@@ -123,6 +81,23 @@ def ensure_snapshot(config: VMConfig) -> Path:
         return _create_snapshot(config, target)
 
 
+async def _save_state(qmp_socket: Path, partial: Path) -> None:
+    with trio.fail_after(_SAVE_TIMEOUT):
+        qmp = await QMPClient.connect(qmp_socket)
+        try:
+            await qmp.execute("stop")
+            await qmp.execute("migrate", uri="exec:cat > " + shlex.quote(str(partial)))
+            while True:
+                status = (await qmp.execute("query-migrate")).get("status")
+                if status == "completed":
+                    return
+                if status in ("failed", "cancelled"):
+                    raise VMError(f"saving the VM state failed: {await qmp.execute('query-migrate')}")
+                await trio.sleep(0.05)
+        finally:
+            await qmp.aclose()
+
+
 def _create_snapshot(config: VMConfig, target: Path) -> Path:
     qemu = find_qemu()
     if qemu is None:
@@ -136,7 +111,7 @@ def _create_snapshot(config: VMConfig, target: Path) -> Path:
     assert snap_config.accel is not None
     cmd = qemu_command(snap_config, qemu=qemu, accel=snap_config.accel, run_dir=run_dir, console=console)
     with (run_dir / "qemu.stderr").open("wb") as stderr:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=_set_pdeathsig)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=set_pdeathsig)
     try:
         deadline = time.monotonic() + _SNAPSHOT_TIMEOUT
         while AGENT_WAITING not in console.read_text(errors="replace"):
@@ -144,19 +119,9 @@ def _create_snapshot(config: VMConfig, target: Path) -> Path:
                 tail = "\n".join(console.read_text(errors="replace").splitlines()[-20:])
                 raise VMError(f"the snapshot VM did not reach '{AGENT_WAITING}' (qemu status {proc.poll()})\n{tail}")
             time.sleep(0.05)
-        qmp = _QMP(run_dir / "qmp.sock")
-        try:
-            qmp.execute("stop")
-            qmp.execute("migrate", uri="exec:cat > " + shlex.quote(str(partial)))
-            while True:
-                status = qmp.execute("query-migrate").get("status")
-                if status == "completed":
-                    break
-                if status in ("failed", "cancelled"):
-                    raise VMError(f"saving the VM state failed: {qmp.execute('query-migrate')}")
-                time.sleep(0.05)
-        finally:
-            qmp.close()
+        # The one QMP client of the VM layer is a trio one; this function blocks (it runs in a
+        # worker thread, or in a sync caller), so it gets a trio loop of its own.
+        trio.run(_save_state, run_dir / "qmp.sock", partial)
         partial.rename(target)
     finally:
         proc.kill()
