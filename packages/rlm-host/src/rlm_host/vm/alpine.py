@@ -25,7 +25,7 @@ from .cache import downloads_dir
 from .build_steps import TOOL_COMMANDS, present_tools, run_step, tree_bytes
 from .errors import ImageBuildError
 from .guest_scripts import RLM_AGENT_START, RLM_INIT, RLM_PROVISION
-from .image import INITRAMFS_NAME, KERNEL_NAME, ROOTFS_NAME, BuildReporter, RecipeOutput
+from .recipe import INITRAMFS_NAME, KERNEL_NAME, ROOTFS_NAME, BuildReporter, RecipeOutput
 from .initramfs import GUEST_MODULES, build_initramfs
 from .kernel import extract_vmlinux
 

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 from .errors import ImageBuildError
-from .image import BuildReporter
+from .recipe import BuildReporter
 
 __all__ = ["TOOL_COMMANDS", "present_tools", "run_step", "tree_bytes"]
 

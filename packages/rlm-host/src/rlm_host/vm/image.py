@@ -23,10 +23,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from .cache import images_dir
 from .errors import ImageBuildError, ImageNotFoundError
+from .recipe import INITRAMFS_NAME, KERNEL_NAME, ROOTFS_NAME, BuildReporter, Recipe
 
 __all__ = [
     "BuildReporter",
@@ -41,19 +41,6 @@ __all__ = [
 ]
 
 MANIFEST_NAME = "manifest.json"
-ROOTFS_NAME = "rootfs.ext4"
-KERNEL_NAME = "vmlinux"
-INITRAMFS_NAME = "initramfs.cpio"
-
-
-class BuildReporter(Protocol):
-    """Receives progress while an image builds (the CLI renders it with rich)."""
-
-    def step(self, message: str) -> None:
-        """A new build step started."""
-
-    def detail(self, message: str) -> None:
-        """A line of output from the current step (e.g. mmdebstrap's log)."""
 
 
 @dataclass
@@ -109,34 +96,6 @@ class GuestImage:
     def initramfs(self) -> Path:
         """The tiny uncompressed initramfs."""
         return self.path / INITRAMFS_NAME
-
-
-@dataclass
-class RecipeOutput:
-    """What :meth:`Recipe.build` reports back besides the files it wrote."""
-
-    distribution: str
-    kernel_release: str
-    python_version: str
-    tools: list[str]
-    packages: dict[str, str]
-    modules: list[str]
-
-
-class Recipe(Protocol):
-    """A way to build a guest image."""
-
-    name: str
-
-    def inputs(self) -> Mapping[str, object]:
-        """Everything that determines the image's content (hashed into its cache key)."""
-
-    def build(self, work: Path, reporter: BuildReporter) -> RecipeOutput:
-        """Write ``rootfs.ext4``, ``vmlinux`` and ``initramfs.cpio`` into ``work``.
-
-        Raises:
-            ImageBuildError: a step failed; the message says how to fix it.
-        """
 
 
 def _summarize(inputs: Mapping[str, object]) -> dict[str, object]:
