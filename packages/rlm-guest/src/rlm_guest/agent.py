@@ -42,13 +42,17 @@ from rlm_protocol import (
     Frame,
     FrameDecoder,
     FrameEncoder,
+    HEADER_BYTES,
     Hello,
+    Interrupt,
     Limits,
     OpenSession,
     ProtocolError,
+    LocalProtocolError,
     RemoteProtocolError,
     SessionClosed,
     SessionOpened,
+    Shutdown,
     UnknownFrame,
     Welcome,
     decode_body,
@@ -110,6 +114,12 @@ _REAP_EVERY = 0.5
 _CLOSE_AT_THE_LATEST = 0.05
 
 _WORKER_FRAMES = frozenset({"set_vars", "exec", "host_call_reply"})
+
+#: Frames the agent decodes and answers itself (``exec`` and ``bind_refs`` are checked here,
+#: then relayed to their session).
+_AGENT_FRAMES = frozenset(
+    {"welcome", "open_session", "close_session", "interrupt", "shutdown", "exec", "bind_refs"}
+)
 
 #: Large frames of these kinds reach their session process in a shared buffer (``shared.py``);
 #: an ``exec`` is checked by the agent first and takes the socket.
@@ -216,15 +226,6 @@ class Agent:
         become_subreaper()
         #: One cgroup per session process (``cgroups=True``: in a VM, where the agent is root).
         self._cgroups = SessionCgroups(cgroups)
-        self._handlers = {
-            "welcome": self._on_welcome,
-            "open_session": self._on_open_session,
-            "close_session": self._on_close_session,
-            "interrupt": self._on_interrupt,
-            "shutdown": self._on_shutdown,
-            "exec": self._on_shutdown,  # dispatched with its raw bytes in ``_from_host``
-            "bind_refs": self._on_shutdown,  # likewise
-        }
 
     # --- output to the host -----------------------------------------------------------------
 
@@ -354,15 +355,25 @@ class Agent:
 
     def _from_host(self, raw: bytes | bytearray) -> None:
         envelope = decode_envelope(raw)
-        handler = self._handlers.get(envelope.kind)
-        if handler is not None:
-            frame = decode_body(memoryview(raw)[4:])
-            if isinstance(frame, Exec):
-                self._on_exec(frame, raw)
-            elif isinstance(frame, BindRefs):
-                self._on_bind_refs(frame, raw)
-            elif not isinstance(frame, UnknownFrame):
-                handler(frame)
+        if envelope.kind in _AGENT_FRAMES:
+            # One typed dispatch: each handler gets the frame type it was written for, so no
+            # kind can reach another kind's handler (a table of handlers once sent ``exec`` to
+            # the shutdown handler behind a guard that only an ``isinstance`` kept closed).
+            match decode_body(memoryview(raw)[HEADER_BYTES:]):
+                case Exec() as frame:
+                    self._on_exec(frame, raw)
+                case BindRefs() as frame:
+                    self._on_bind_refs(frame, raw)
+                case Welcome() as frame:
+                    self._on_welcome(frame)
+                case OpenSession() as frame:
+                    self._on_open_session(frame)
+                case CloseSession() as frame:
+                    self._on_close_session(frame)
+                case Interrupt() as frame:
+                    self._on_interrupt(frame)
+                case Shutdown():
+                    self._on_shutdown()
             return
         if envelope.kind in _WORKER_FRAMES:
             worker = self._workers.get(envelope.session or "")
@@ -372,13 +383,13 @@ class Agent:
                 return
             self._to_worker(worker, raw)
             return
-        frame = decode_body(memoryview(raw)[4:])
-        if isinstance(frame, UnknownFrame):
-            self.log(f"ignoring unknown frame kind {frame.kind!r}")  # a newer minor's frame
+        other = decode_body(memoryview(raw)[HEADER_BYTES:])
+        if isinstance(other, UnknownFrame):
+            self.log(f"ignoring unknown frame kind {other.kind!r}")  # a newer minor's frame
             return
         self._refuse(
             "bad_request",
-            f"{type(frame).__name__} is not a host-to-guest frame",
+            f"{type(other).__name__} is not a host-to-guest frame",
             envelope.session, envelope.call,
         )
 
@@ -433,8 +444,7 @@ class Agent:
     def _unknown_session(self, session: str | None, call: int | None) -> None:
         self._refuse("unknown_session", f"no session {session!r}", session, call)
 
-    def _on_welcome(self, frame: Frame) -> None:
-        assert isinstance(frame, Welcome)
+    def _on_welcome(self, frame: Welcome) -> None:
         if not is_compatible(frame.protocol):
             raise RemoteProtocolError(
                 f"host speaks protocol {frame.protocol[0]}.{frame.protocol[1]}, this guest "
@@ -444,8 +454,7 @@ class Agent:
         # every restored VM.
         self._ensure_spare()
 
-    def _on_open_session(self, frame: Frame) -> None:
-        assert isinstance(frame, OpenSession)
+    def _on_open_session(self, frame: OpenSession) -> None:
         if frame.session in self._workers:
             self._refuse(
                 "session_exists",
@@ -539,13 +548,12 @@ class Agent:
         worker.deadline = None if frame.timeout is None else time.monotonic() + frame.timeout
         self._to_worker(worker, raw)
 
-    def _on_interrupt(self, frame: Frame) -> None:
-        worker = self._workers.get(getattr(frame, "session", ""))
+    def _on_interrupt(self, frame: Interrupt) -> None:
+        worker = self._workers.get(frame.session)
         if worker is not None:
             self._interrupt(worker)
 
-    def _on_close_session(self, frame: Frame) -> None:
-        assert isinstance(frame, CloseSession)
+    def _on_close_session(self, frame: CloseSession) -> None:
         worker = self._workers.get(frame.session)
         if worker is None:
             self._unknown_session(frame.session, frame.call)
@@ -566,7 +574,7 @@ class Agent:
         # agent is idle, so that what a session sees in the process table is deterministic.
         self._ensure_spare()
 
-    def _on_shutdown(self, frame: Frame) -> None:
+    def _on_shutdown(self) -> None:
         while self._closing:
             self._finish_close()
         self._drop_all()
@@ -861,7 +869,8 @@ class Agent:
                 worker.running = worker.deadline = worker.grace = None
                 if worker.lost:
                     worker.lost = False
-                    raw = _mark_reset(raw)
+                    self._send_marked_reset(raw)
+                    continue
             self.channel.write(raw)
 
     def _death_error(self, pid: int) -> ExecError:
@@ -885,9 +894,15 @@ class Agent:
             "are lost",
         )
 
+    def _send_marked_reset(self, raw: bytes | bytearray) -> None:
+        """Relay the first result after a process died between blocks, saying the state is gone.
 
-def _mark_reset(raw: bytes) -> bytes:
-    frame = decode_body(memoryview(raw)[4:])
-    assert isinstance(frame, ExecResult)
-    body = msgspec.msgpack.encode(msgspec.structs.replace(frame, session_reset=True))
-    return len(body).to_bytes(4, "big") + body
+        Encoded by the codec like every frame the agent makes, so the frame limit holds: the
+        flag adds a few bytes to a result that may already be at the limit.
+        """
+        frame = decode_body(memoryview(raw)[HEADER_BYTES:])
+        assert isinstance(frame, ExecResult)
+        try:
+            self.send(msgspec.structs.replace(frame, session_reset=True))
+        except LocalProtocolError as error:
+            self._refuse("too_large", str(error), frame.session, frame.call)
