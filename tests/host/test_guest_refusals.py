@@ -148,3 +148,35 @@ async def test_a_process_that_died_between_blocks_is_reported_on_the_next_result
             assert result.session_reset, result
             if result.error is None:
                 assert result.stdout.text == "False\n", result
+
+
+async def test_an_interrupt_that_overtakes_its_block_stops_it_when_it_starts() -> None:
+    """``interrupt`` right behind ``exec`` (one write) reaches the session process before the block
+    does; the block stops as it starts, and the session keeps its state (no reset)."""
+    decoder = FrameDecoder()
+    frames: list[object] = []
+
+    async def reply(stream: LocalGuestStream, kind: type) -> object:
+        while not any(isinstance(f, kind) for f in frames):
+            chunk = await stream.receive_some()
+            assert chunk, f"the guest ended the channel; frames so far: {frames}"
+            frames.extend(decoder.feed(chunk))
+        return next(f for f in frames if isinstance(f, kind))
+
+    with trio.fail_after(60):
+        async with open_local_guest() as stream:
+            hello = await reply(stream, Hello)
+            assert isinstance(hello, Hello)
+            await stream.send_all(encode(Welcome(protocol=hello.protocol, host="test", host_version="0")))
+            await stream.send_all(encode(OpenSession(session="s", call=1)))
+            await reply(stream, SessionOpened)
+            for call in range(2, 7):
+                frames.clear()
+                await stream.send_all(
+                    encode(Exec(session="s", call=call, code="import time\ntime.sleep(600)"))
+                    + encode(Interrupt(session="s"))
+                )
+                result = await reply(stream, ExecResult)
+                assert isinstance(result, ExecResult) and result.call == call
+                # Lost, the interrupt would leave the block to the 2 s grace and a reset.
+                assert result.interrupted and not result.session_reset, result

@@ -62,6 +62,7 @@ from rlm_protocol import (
 
 from . import __version__
 from .cgroups import SessionCgroups
+from .interrupt_slot import InterruptSlot
 from .channel import Channel
 from .processes import become_subreaper, kill_session, kill_strays, reap_children
 from .shared import (
@@ -150,6 +151,8 @@ class _Worker:
     pid: int
     sock: socket.socket
     decoder: FrameDecoder
+    #: Names the block a SIGINT is for (``interrupt_slot.py``).
+    interrupts: InterruptSlot
     #: Frames (or what is left of one) waiting for the session's socket, never copied again:
     #: appending to and trimming one bytearray moved the rest of a 16 MiB frame per send. Each
     #: may carry descriptors to pass along (and close once sent).
@@ -168,10 +171,6 @@ class _Worker:
     deadline: float | None = None
     #: When to give up on an interrupted block and reset the session.
     grace: float | None = None
-    #: The worker said the running block started, so a SIGINT will reach it.
-    started: bool = False
-    #: An interrupt came before the block started; deliver it when it does.
-    interrupt_pending: bool = False
     #: The previous process died between blocks: the next result must say the state is gone.
     lost: bool = False
     #: Its cgroup (in a VM), or None.
@@ -544,7 +543,6 @@ class Agent:
             )
             return
         worker.running = frame.call
-        worker.started = worker.interrupt_pending = False
         worker.deadline = None if frame.timeout is None else time.monotonic() + frame.timeout
         self._to_worker(worker, raw)
 
@@ -602,8 +600,11 @@ class Agent:
 
     def _fork_worker(self) -> _Worker:
         parent_sock, child_sock = socket.socketpair()
+        interrupts = InterruptSlot()
         self._spawned += 1
         first_call_id = self._spawned * _CALL_ID_BLOCK + 1
+        # Blocked across the fork: the new process unblocks it once a SIGINT cannot kill it.
+        sigmask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         pid = os.fork()
         if pid == 0:  # the session process
             code = 70
@@ -615,11 +616,13 @@ class Agent:
                     first_call_id=first_call_id,
                     max_output_chars=self.limits.max_output_chars,
                     max_frame_bytes=self.limits.max_frame_bytes,
+                    interrupts=interrupts,
                 )
             except BaseException:
                 traceback.print_exc()
             finally:
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
         child_sock.close()
         parent_sock.setblocking(False)
         worker = _Worker(
@@ -628,6 +631,7 @@ class Agent:
             pid=pid,
             sock=parent_sock,
             decoder=FrameDecoder(self.limits.max_frame_bytes),
+            interrupts=interrupts,
         )
         # Before the process can run any code (it runs blocks only when we forward them).
         worker.cgroup = self._cgroups.place(f"{os.getpid()}-{self._spawned}", pid)
@@ -645,6 +649,7 @@ class Agent:
                 pass
         for worker in [*self._workers.values(), *([self._spare] if self._spare else [])]:
             worker.sock.close()
+            worker.interrupts.close()
             for buffer in worker.lent:
                 buffer.close()
             for fd in worker.received:
@@ -668,6 +673,7 @@ class Agent:
         self._by_fd.pop(worker.sock.fileno(), None)
         self._selector.unregister(worker.sock)
         worker.sock.close()
+        worker.interrupts.close()
         for _, fds in worker.outgoing:
             for fd in fds:
                 os.close(fd)
@@ -747,10 +753,8 @@ class Agent:
     def _interrupt(self, worker: _Worker) -> None:
         if worker.running is None or worker.grace is not None:
             return
-        if worker.started:
-            self._signal(worker)
-        else:
-            worker.interrupt_pending = True
+        worker.interrupts.request(worker.running)
+        self._signal(worker)
         worker.grace = time.monotonic() + INTERRUPT_GRACE_SECONDS
 
     def _signal(self, worker: _Worker) -> None:
@@ -853,12 +857,6 @@ class Agent:
                 except (ProtocolError, msgspec.ValidationError) as error:
                     self._reset(worker, ExecError(name="SessionDied", value=f"protocol error: {error}"))
                     return
-                continue
-            if envelope.kind == "block_started":
-                if envelope.call == worker.running:
-                    worker.started = True
-                    if worker.interrupt_pending:
-                        self._signal(worker)
                 continue
             if envelope.kind == "exec_result" and envelope.call == worker.running:
                 if worker.grace is not None:

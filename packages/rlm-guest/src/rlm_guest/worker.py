@@ -39,22 +39,15 @@ from rlm_protocol import (
 )
 
 from .capture import Capture
+from .interrupt_slot import InterruptSlot
 from .session import HostCalls, Session, install_sigint
 from .shared import ANCILLARY_BYTES, BufferReleased, KeepRef, read_kept, read_shared, received_fds
 
-__all__ = ["Activate", "BlockStarted", "worker_main"]
+__all__ = ["Activate", "worker_main"]
 
 #: Frames still missing more than this are received in one tight loop, straight into their own
 #: buffer, instead of growing the decoder's buffer chunk by chunk (copies are slow under TCG).
 _TIGHT_READ_BYTES = 64 * 1024
-
-
-class BlockStarted(Frame, frozen=True, tag="block_started"):
-    """Worker to agent only, never on the wire to the host: the block ``call`` is running and
-    ready to be interrupted with SIGINT."""
-
-    session: str
-    call: int
 
 
 class Activate(Frame, frozen=True, tag="activate"):
@@ -144,9 +137,17 @@ def worker_main(
     first_call_id: int,
     max_output_chars: int,
     max_frame_bytes: int,
+    interrupts: InterruptSlot,
 ) -> None:
     """Set up, wait to be given a session, serve it until the agent closes the socket; never
-    returns normally."""
+    returns normally.
+
+    The agent forks this process with SIGINT blocked: until the session's handler is installed,
+    an interrupt is ignored (its block's start finds it in ``interrupts``), never the death of a
+    process still starting.
+    """
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     os.setsid()
     _die_with_parent()
     _oom_first()
@@ -175,7 +176,7 @@ def worker_main(
                 capture=capture,
                 max_output_chars=max_output_chars,
                 cwd=activation.cwd,
-                on_started=lambda call: link.send(BlockStarted(session=session_id, call=call)),
+                interrupts=interrupts,
                 keep=keep if activation.prompt_refs else None,
             )
             sessions.put(session)
