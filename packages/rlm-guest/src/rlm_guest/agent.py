@@ -12,36 +12,24 @@ from __future__ import annotations
 
 import collections
 import os
-import platform
 import selectors
-import socket
 import time
 from typing import TextIO
 
-import msgspec
-
 from rlm_protocol import (
-    CAPABILITIES,
-    DEFAULT_MAX_FRAME_BYTES,
     HEADER_BYTES,
-    PROTOCOL_VERSION,
     BindRefs,
     Bye,
     CloseSession,
     ErrorFrame,
     Exec,
-    ExecError,
-    ExecResult,
     Frame,
     FrameDecoder,
     FrameEncoder,
-    Hello,
     Interrupt,
     Limits,
-    LocalProtocolError,
     OpenSession,
     ProtocolError,
-    RemoteProtocolError,
     SessionClosed,
     SessionOpened,
     Shutdown,
@@ -49,34 +37,18 @@ from rlm_protocol import (
     Welcome,
     decode_body,
     decode_envelope,
-    is_compatible,
 )
 
-from . import __version__
 from .cgroups import SessionCgroups
 from .channel import Channel
+from .handshake import DEFAULT_LIMITS, check_welcome, hello
 from .kept import KeptPrompts
 from .processes import become_subreaper, reap_children
-from .shared import (
-    ANCILLARY_BYTES,
-    MAX_FDS_PER_MESSAGE,
-    BufferPool,
-    KeepRef,
-    SharedBuffer,
-    SharedFrame,
-    received_fds,
-)
+from .relay import SessionRelay
+from .shared import MAX_FDS_PER_MESSAGE, BufferPool, SharedBuffer, SharedFrame
 from .supervisor import INTERRUPT_GRACE_SECONDS, SessionProcess, Supervisor
 
 __all__ = ["Agent", "DEFAULT_LIMITS", "INTERRUPT_GRACE_SECONDS"]
-
-DEFAULT_LIMITS = Limits(
-    max_frame_bytes=DEFAULT_MAX_FRAME_BYTES,
-    # The model only ever sees an 800-character prefix; a million characters per stream keeps
-    # enough for the trajectory while a block that prints gigabytes costs neither side memory.
-    max_output_chars=1_000_000,
-    max_sessions=1024,
-)
 
 #: A frame still missing more than this is read to its end at once (``Channel.read_into``);
 #: the host is sending it right now, so the wait is bounded by the channel's speed.
@@ -104,9 +76,6 @@ _AGENT_FRAMES = frozenset(
 #: Large frames of these kinds reach their session process in a shared buffer (``shared.py``);
 #: an ``exec`` is checked by the agent first and takes the socket.
 _SHARED_KINDS = frozenset({"set_vars", "host_call_reply"})
-
-
-_keep_ref_decoder = msgspec.msgpack.Decoder(KeepRef)
 
 
 class _Stop(Exception):
@@ -158,8 +127,9 @@ class Agent:
         self._closing: collections.deque[tuple[SessionProcess, CloseSession, float]] = (
             collections.deque()
         )
-        #: Reused for every read from a session (no 1 MiB allocation per ``recv``).
-        self._receive_buffer = memoryview(bytearray(1 << 20))
+        self._relay = SessionRelay(
+            self._processes, self._buffers, self._kept, write=channel.write, send=self.send
+        )
 
     # --- output to the host -----------------------------------------------------------------
 
@@ -168,22 +138,6 @@ class Agent:
 
     def log(self, message: str) -> None:
         print(f"rlm-guest: {message}", file=self._log, flush=True)
-
-    def hello(self) -> Hello:
-        return Hello(
-            protocol=PROTOCOL_VERSION,
-            agent="rlm-guest",
-            agent_version=__version__,
-            # Every capability of the protocol but the bash REPL: this guest's REPL is Python.
-            capabilities=tuple(c for c in CAPABILITIES if c != "repl.bash"),
-            limits=self.limits,
-            runtime={
-                "python": platform.python_version(),
-                "implementation": platform.python_implementation(),
-                "kernel": platform.release(),
-                "pid": str(os.getpid()),
-            },
-        )
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -195,7 +149,7 @@ class Agent:
         """
         while True:
             self.channel.wait_connected()
-            self.send(self.hello())
+            self.send(hello(self.limits))
             try:
                 reconnect = self._serve_connection()
             except _Stop:
@@ -236,7 +190,7 @@ class Agent:
                     if mask & selectors.EVENT_WRITE:
                         self._processes.flush(process)
                     if mask & selectors.EVENT_READ:
-                        self._from_process(process)
+                        self._relay.receive(process)
                 self._processes.run_timers()
                 if self._closing and (
                     not events or time.monotonic() - self._closing[0][2] >= _CLOSE_AT_THE_LATEST
@@ -337,11 +291,7 @@ class Agent:
         self._refuse("unknown_session", f"no session {session!r}", session, call)
 
     def _on_welcome(self, frame: Welcome) -> None:
-        if not is_compatible(frame.protocol):
-            raise RemoteProtocolError(
-                f"host speaks protocol {frame.protocol[0]}.{frame.protocol[1]}, this guest "
-                f"{PROTOCOL_VERSION[0]}.{PROTOCOL_VERSION[1]}: majors differ"
-            )
+        check_welcome(frame)
         # Not before: a process forked before a VM snapshot would share its random state with
         # every restored VM.
         self._processes.ensure_spare()
@@ -390,12 +340,6 @@ class Agent:
         # The session that binds a prompt keeps it alive (to bind it again after a reset).
         fds = self._kept.open_for(frame.session, list(frame.refs.values()))
         self._processes.send_to(process, raw, fds)
-
-    def _on_keep_ref(self, process: SessionProcess, raw: bytes | bytearray) -> None:
-        frame = _keep_ref_decoder.decode(memoryview(raw)[HEADER_BYTES:])
-        if not process.received:
-            raise RemoteProtocolError("keep_ref came without its prompt")
-        self._kept.keep(frame.ref, process.received.popleft(), process.session)
 
     def _on_exec(self, frame: Exec, raw: bytes | bytearray) -> None:
         process = self._processes.processes.get(frame.session)
@@ -467,68 +411,3 @@ class Agent:
             except OSError:
                 pass
         self._kept.drop()
-
-    # --- frames from the session processes --------------------------------------------------
-
-    def _from_process(self, process: SessionProcess) -> None:
-        try:
-            count, ancillary, _, _ = process.sock.recvmsg_into(
-                [self._receive_buffer], ANCILLARY_BYTES, socket.MSG_CMSG_CLOEXEC
-            )
-            data = self._receive_buffer[:count]
-        except BlockingIOError:
-            return
-        except OSError:
-            data, ancillary = self._receive_buffer[:0], []
-        if ancillary:
-            process.received.extend(received_fds(ancillary))
-        if process is self._processes.spare:
-            # A spare has nothing to say; it ended (or broke): fork another when one is due.
-            self._processes.discard(process)
-            return
-        if not data:
-            self._processes.reset(process, self._processes.death_error(process.pid))
-            return
-        try:
-            frames = process.decoder.feed_raw(data)
-        except ProtocolError as error:
-            self._processes.reset(process, ExecError(name="SessionDied", value=f"protocol error: {error}"))
-            return
-        for raw in frames:
-            envelope = decode_envelope(raw)
-            if envelope.kind == "buffer_released":
-                if process.lent:
-                    self._buffers.give_back(process.lent.popleft())
-                continue
-            if envelope.kind == "keep_ref":
-                try:
-                    self._on_keep_ref(process, raw)
-                except (ProtocolError, msgspec.ValidationError) as error:
-                    self._processes.reset(process, ExecError(name="SessionDied", value=f"protocol error: {error}"))
-                    return
-                continue
-            if envelope.kind == "exec_result" and envelope.call == process.running:
-                if process.grace is not None:
-                    # An interrupted block: the session lives on, but nothing it started
-                    # may (a fork bomb's children, a pipeline in the background).
-                    self._processes.kill_leftovers(process)
-                    reap_children()
-                process.running = process.deadline = process.grace = None
-                if process.lost:
-                    process.lost = False
-                    self._send_marked_reset(raw)
-                    continue
-            self.channel.write(raw)
-
-    def _send_marked_reset(self, raw: bytes | bytearray) -> None:
-        """Relay the first result after a process died between blocks, saying the state is gone.
-
-        Encoded by the codec like every frame the agent makes, so the frame limit holds: the
-        flag adds a few bytes to a result that may already be at the limit.
-        """
-        frame = decode_body(memoryview(raw)[HEADER_BYTES:])
-        assert isinstance(frame, ExecResult)
-        try:
-            self.send(msgspec.structs.replace(frame, session_reset=True))
-        except LocalProtocolError as error:
-            self._refuse("too_large", str(error), frame.session, frame.call)
