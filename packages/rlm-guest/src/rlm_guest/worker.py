@@ -36,7 +36,6 @@ from rlm_protocol import (
     UnknownFrame,
     VarsSet,
     decode_body,
-    encode,
 )
 
 from .capture import Capture
@@ -162,6 +161,10 @@ def worker_main(
     jobs: queue.SimpleQueue[Exec | None] = queue.SimpleQueue()
 
     def serve() -> None:
+        # Before the activation, in the spare's idle time: zeroing a 1 MiB buffer is 256 page
+        # faults, several milliseconds of a session's first block under TCG.
+        decoder = FrameDecoder(max_frame_bytes)
+        buffer = memoryview(bytearray(1 << 20))
         try:
             activation = _await_activation(sock)
             session_id = activation.session
@@ -184,11 +187,10 @@ def worker_main(
         except BaseException:
             traceback.print_exc(file=sys.__stderr__)
             os._exit(70)
-        _read_frames(sock, max_frame_bytes, session, host_calls, link, jobs)
+        _read_frames(sock, decoder, buffer, session, host_calls, link, jobs)
 
     # Started before the process has a session: whatever a spare can do ahead of time, it does.
     threading.Thread(target=serve, name="agent-reader", daemon=True).start()
-    _rehearse(capture, max_output_chars)
     session = sessions.get()
     if session.cwd and os.path.isdir(session.cwd):
         os.chdir(session.cwd)
@@ -206,41 +208,18 @@ def worker_main(
         link.send(result)
 
 
-def _rehearse(capture: Capture, max_output_chars: int) -> None:
-    """Run an empty block in a throwaway session, through the path a real one takes, answered
-    to nobody.
-
-    A forked process shares the agent's memory copy-on-write, and Python writes to every object
-    it touches (reference counts): a session's first block paid a page fault for each page on
-    its path, which made it ~7x slower than the next one under TCG (bench:
-    ``new_session_first_exec``). A spare takes those faults while it waits for its session.
-    """
-    rehearsal = Session(
-        "",
-        send=lambda frame: None,
-        host_calls=HostCalls(lambda frame: None),
-        capture=capture,
-        max_output_chars=max_output_chars,
-        cwd=None,
-        # Its own slot: an interrupt the agent sends meanwhile is for a real block, never this.
-        interrupts=InterruptSlot(),
-    )
-    result = rehearsal.run(0, "pass", "python")
-    decode_body(memoryview(encode(Exec(session="", call=0, code="pass")))[HEADER_BYTES:])
-    encode(result)
-
-
 def _read_frames(
     sock: socket.socket,
-    max_frame_bytes: int,
+    decoder: FrameDecoder,
+    buffer: memoryview,
     session: Session,
     host_calls: HostCalls,
     link: _Link,
     jobs: queue.SimpleQueue[Exec | None],
 ) -> None:
-    decoder = FrameDecoder(max_frame_bytes)
-    # One reused receive buffer: ``recv(1 MiB)`` allocates and frees 1 MiB per call.
-    buffer = memoryview(bytearray(1 << 20))
+    """Serve the agent's frames; ``buffer`` is the one reused receive buffer (``recv(1 MiB)``
+    allocates and frees 1 MiB per call)."""
+    max_frame_bytes = decoder.max_frame_bytes
     #: Descriptors of shared buffers, in the order their ``shared_frame`` notices come.
     fds: collections.deque[int] = collections.deque()
     try:
