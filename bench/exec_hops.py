@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import statistics
 import time
 from typing import Any
@@ -26,7 +27,7 @@ import trio
 
 from rlm_host.connection import GuestConnection
 from rlm_host.vm.connect import prepare_vm_config
-from rlm_host.vm.qemu import open_vm
+from rlm_host.vm.qemu import VMConfig, open_vm
 
 HOPS = r'''
 import json, os, queue, socket, threading, time, select, signal
@@ -80,8 +81,8 @@ print(json.dumps(out))
 '''
 
 
-async def measure(repeat: int) -> dict[str, Any]:
-    config = prepare_vm_config(snapshot=True)
+async def measure(repeat: int, config: VMConfig | None = None) -> dict[str, Any]:
+    config = config or prepare_vm_config(snapshot=True)
     async with open_vm(config) as vm, GuestConnection.open(
         vm.stream, death_detail=vm.death_detail, cpu_waits=vm.cpu_waits
     ) as conn:
@@ -106,8 +107,15 @@ async def measure(repeat: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=300)
+    parser.add_argument(
+        "--config", help="a pickled VMConfig of another tree's guest (see bench/guest_ab.py)"
+    )
     options = parser.parse_args()
-    out = trio.run(measure, options.repeat)
+    config = None
+    if options.config:
+        with open(options.config, "rb") as f:
+            config = pickle.load(f)
+    out = trio.run(measure, options.repeat, config)
     print(json.dumps({k: (round(v * 1000, 3) if isinstance(v, float) else v) for k, v in out.items()}))
 
 

@@ -12,6 +12,7 @@ Prints one JSON object: medians in ms per VM, and after/before ratios.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import statistics
 import sys
@@ -23,7 +24,7 @@ import trio
 from rlm_host.connection import GuestConnection
 from rlm_host.vm.qemu import VMConfig, open_vm
 
-ROUNDS = 8
+ROUNDS = int(os.environ.get("RLM_AB_ROUNDS", "8"))
 PROMPT = "x" * (16 << 20)
 
 
