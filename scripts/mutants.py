@@ -67,11 +67,22 @@ TARGETS: dict[str, Target] = {
     ),
     "guest_agent": Target(
         "packages/rlm-guest/src/rlm_guest/agent.py",
-        ("tests/host/test_sessions.py", "tests/host/test_hung_guest.py"),
+        (
+            "tests/host/test_sessions.py", "tests/host/test_hung_guest.py",
+            "tests/host/test_guest_refusals.py",
+        ),
         functions=(
             "_from_host", "_refuse", "_unknown_session", "_on_open_session", "_on_exec",
-            "_on_interrupt", "_on_close_session", "_interrupt", "_signal", "_reset",
+            "_on_interrupt", "_on_close_session",
         ),
+    ),
+    "guest_supervisor": Target(
+        "packages/rlm-guest/src/rlm_guest/supervisor.py",
+        (
+            "tests/host/test_sessions.py", "tests/host/test_hung_guest.py",
+            "tests/host/test_guest_refusals.py",
+        ),
+        functions=("interrupt", "_signal", "reset"),
     ),
     "budget": Target(
         "packages/rlm-host/src/rlm_host/engine/budget.py",

@@ -37,6 +37,7 @@ from rlm_protocol import (
 
 from .bash import kill_group, run_bash
 from .capture import Capture
+from .interrupt_slot import InterruptSlot
 from .shared import write_kept
 
 #: ``keep(ref, fd)``: hand a memfd holding a prompt to the agent, to be kept under ``ref``.
@@ -259,13 +260,14 @@ class Session:
         capture: Capture,
         max_output_chars: int,
         cwd: str | None,
-        on_started: Callable[[int], None] = lambda call: None,
+        interrupts: InterruptSlot,
         keep: KeepPrompt | None = None,
     ) -> None:
         self.id = session_id
         #: Set when the host asked for ``rlm_query`` prompts by reference (``prompt_refs``).
         self._keep = keep
-        self._on_started = on_started
+        #: Which block the agent's SIGINT is for (``interrupt_slot.py``).
+        self._interrupts = interrupts
         self._send = send
         self.host_calls = host_calls
         self._capture = capture
@@ -282,6 +284,8 @@ class Session:
             "SHOW_VARS": self.show_vars,
         }
         self._running: Language | None = None
+        #: ``call`` of the running block (meaningful while ``_running`` is set).
+        self._call = 0
         self._bash_pid: int | None = None
         self._interrupted = False
 
@@ -385,8 +389,9 @@ class Session:
 
     def on_sigint(self, signum: int, frame: FrameType | None) -> None:
         """SIGINT from the agent: stop the running block, whatever it is doing."""
-        if self._running is None:
-            return  # arrived between blocks: nothing to stop
+        if self._running is None or not self._interrupts.requested(self._call):
+            # For a block that has not started (its start sees the slot) or that has ended.
+            return
         self._interrupted = True
         if self._running == "bash":
             if self._bash_pid is not None:
@@ -403,9 +408,11 @@ class Session:
         returncode: int | None = None
         self._interrupted = False
         try:
-            self._running = language
-            # Only now may the agent signal this block (a SIGINT earlier would hit nothing).
-            self._on_started(call)
+            self._call, self._running = call, language
+            if self._interrupts.requested(call):
+                # The SIGINT came while the block was on its way here (and was ignored then).
+                self._interrupted = True
+                raise KeyboardInterrupt
             if language == "bash":
                 returncode = self._run_bash(code, out, err)
             else:

@@ -20,7 +20,7 @@ from array import array
 from rlm_protocol import HEADER_BYTES, Frame, RemoteProtocolError, UnknownFrame, decode_body
 
 __all__ = [
-    "BufferReleased", "KeepRef", "SharedBuffer", "SharedFrame", "read_kept", "read_shared", "received_fds",
+    "BufferPool", "BufferReleased", "KeepRef", "SharedBuffer", "SharedFrame", "read_kept", "read_shared", "received_fds",
     "write_kept",
 ]
 
@@ -117,6 +117,39 @@ class SharedBuffer:
     def close(self) -> None:
         self.map.close()
         os.close(self.fd)
+
+
+class BufferPool:
+    """The one shared buffer the agent keeps between large frames (the largest seen, up to
+    ``KEEP_AT_MOST``): its pages are what the next large frame saves faulting in."""
+
+    def __init__(self, kept: SharedBuffer | None = None) -> None:
+        self._kept = kept
+
+    def take(self, size: int) -> SharedBuffer:
+        """A buffer of at least ``size`` bytes: the kept one (grown) or a new one."""
+        buffer, self._kept = self._kept, None
+        if buffer is None:
+            return SharedBuffer(size)
+        buffer.grow(size)
+        return buffer
+
+    def give_back(self, buffer: SharedBuffer) -> None:
+        """Keep the larger of ``buffer`` and the kept one; close the other."""
+        if buffer.capacity > KEEP_AT_MOST:
+            buffer.close()
+            return
+        if self._kept is not None:
+            if self._kept.capacity >= buffer.capacity:
+                buffer.close()
+                return
+            self._kept.close()
+        self._kept = buffer
+
+    def close(self) -> None:
+        if self._kept is not None:
+            self._kept.close()
+            self._kept = None
 
 
 def received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:

@@ -39,22 +39,15 @@ from rlm_protocol import (
 )
 
 from .capture import Capture
+from .interrupt_slot import InterruptSlot
 from .session import HostCalls, Session, install_sigint
 from .shared import ANCILLARY_BYTES, BufferReleased, KeepRef, read_kept, read_shared, received_fds
 
-__all__ = ["Activate", "BlockStarted", "worker_main"]
+__all__ = ["Activate", "worker_main"]
 
 #: Frames still missing more than this are received in one tight loop, straight into their own
 #: buffer, instead of growing the decoder's buffer chunk by chunk (copies are slow under TCG).
 _TIGHT_READ_BYTES = 64 * 1024
-
-
-class BlockStarted(Frame, frozen=True, tag="block_started"):
-    """Worker to agent only, never on the wire to the host: the block ``call`` is running and
-    ready to be interrupted with SIGINT."""
-
-    session: str
-    call: int
 
 
 class Activate(Frame, frozen=True, tag="activate"):
@@ -144,9 +137,17 @@ def worker_main(
     first_call_id: int,
     max_output_chars: int,
     max_frame_bytes: int,
+    interrupts: InterruptSlot,
 ) -> None:
     """Set up, wait to be given a session, serve it until the agent closes the socket; never
-    returns normally."""
+    returns normally.
+
+    The agent forks this process with SIGINT blocked: until the session's handler is installed,
+    an interrupt is ignored (its block's start finds it in ``interrupts``), never the death of a
+    process still starting.
+    """
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     os.setsid()
     _die_with_parent()
     _oom_first()
@@ -160,6 +161,10 @@ def worker_main(
     jobs: queue.SimpleQueue[Exec | None] = queue.SimpleQueue()
 
     def serve() -> None:
+        # Before the activation, in the spare's idle time: zeroing a 1 MiB buffer is 256 page
+        # faults, several milliseconds of a session's first block under TCG.
+        decoder = FrameDecoder(max_frame_bytes)
+        buffer = memoryview(bytearray(1 << 20))
         try:
             activation = _await_activation(sock)
             session_id = activation.session
@@ -175,14 +180,14 @@ def worker_main(
                 capture=capture,
                 max_output_chars=max_output_chars,
                 cwd=activation.cwd,
-                on_started=lambda call: link.send(BlockStarted(session=session_id, call=call)),
+                interrupts=interrupts,
                 keep=keep if activation.prompt_refs else None,
             )
             sessions.put(session)
         except BaseException:
             traceback.print_exc(file=sys.__stderr__)
             os._exit(70)
-        _read_frames(sock, max_frame_bytes, session, host_calls, link, jobs)
+        _read_frames(sock, decoder, buffer, session, host_calls, link, jobs)
 
     # Started before the process has a session: whatever a spare can do ahead of time, it does.
     threading.Thread(target=serve, name="agent-reader", daemon=True).start()
@@ -205,15 +210,16 @@ def worker_main(
 
 def _read_frames(
     sock: socket.socket,
-    max_frame_bytes: int,
+    decoder: FrameDecoder,
+    buffer: memoryview,
     session: Session,
     host_calls: HostCalls,
     link: _Link,
     jobs: queue.SimpleQueue[Exec | None],
 ) -> None:
-    decoder = FrameDecoder(max_frame_bytes)
-    # One reused receive buffer: ``recv(1 MiB)`` allocates and frees 1 MiB per call.
-    buffer = memoryview(bytearray(1 << 20))
+    """Serve the agent's frames; ``buffer`` is the one reused receive buffer (``recv(1 MiB)``
+    allocates and frees 1 MiB per call)."""
+    max_frame_bytes = decoder.max_frame_bytes
     #: Descriptors of shared buffers, in the order their ``shared_frame`` notices come.
     fds: collections.deque[int] = collections.deque()
     try:
