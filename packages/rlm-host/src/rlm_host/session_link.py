@@ -94,18 +94,24 @@ async def answer_host_call(
     error: HostCallError | None = None,
 ) -> None:
     """Send the reply to ``call``; never raises: a reply that cannot be encoded (too large, not
-    msgpack-able) becomes an error reply, and a guest that is gone needs no reply."""
-    try:
-        await send(HostCallReply(session=call.session, call=call.call, value=value, error=error))
-        return
-    except GuestError:
-        return  # the guest is gone; its waiters died with it
-    except LocalProtocolError as too_large:
-        error = HostCallError("TooLarge", str(too_large))
-    except TypeError as bad_value:
-        # msgspec could not encode the value: tell the guest instead of dying.
-        error = HostCallError("TypeError", f"host call result: {bad_value}")
-    try:
-        await send(HostCallReply(session=call.session, call=call.call, error=error))
-    except GuestError:
-        pass  # died between the two sends: nothing may leak into the caller's nursery
+    msgpack-able) becomes an error reply, and a guest that is gone needs no reply.
+
+    Shielded: a reply cancelled half-way would leave half a frame on the channel (and the
+    encoder's buffer still lent out). Once the value is there, sending it is quick; whoever
+    cancels (a session that closes) does not wait long.
+    """
+    with trio.CancelScope(shield=True):
+        try:
+            await send(HostCallReply(session=call.session, call=call.call, value=value, error=error))
+            return
+        except GuestError:
+            return  # the guest is gone; its waiters died with it
+        except LocalProtocolError as too_large:
+            error = HostCallError("TooLarge", str(too_large))
+        except TypeError as bad_value:
+            # msgspec could not encode the value: tell the guest instead of dying.
+            error = HostCallError("TypeError", f"host call result: {bad_value}")
+        try:
+            await send(HostCallReply(session=call.session, call=call.call, error=error))
+        except GuestError:
+            pass  # died between the two sends: nothing may leak into the caller's nursery
