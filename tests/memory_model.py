@@ -37,6 +37,8 @@ class MemoryModel:
         self.requests: list[ChatRequest] = []
         #: Requests answered at once at most (how much the engine overlapped them).
         self.peak = 0
+        #: When set, every reply waits for this event once it is made (a reply still coming).
+        self.hold: trio.Event | None = None
         self._in_flight = 0
 
     async def chat(
@@ -71,6 +73,8 @@ class MemoryModel:
                     reply = Reply(outcome)
                 case Reply():
                     reply = outcome
+            if self.hold is not None:
+                await self.hold.wait()
         finally:
             self._in_flight -= 1
         prompt = reply.prompt_tokens if reply.prompt_tokens is not None else request.body_bytes // 4
