@@ -9,6 +9,10 @@ Host calls are routed, not served, here: each session's calls go to a channel it
 (``Session.host_calls``; ``rlm_host.host_calls.serve_host_calls`` runs a handler on them in the
 owner's nursery). The connection answers by itself only the calls nobody can serve: of a session
 it does not know, or of one opened without ``host_calls``.
+
+Over 400 lines, as one class on purpose: the reader, the routing, the waiters and the death of
+the connection share one state (``_pending``, ``_routes``, ``_death``), and splitting them
+would make that state public; about half of the lines are documentation.
 """
 
 from __future__ import annotations
