@@ -26,7 +26,7 @@ from scripted_model import ScriptedModel
 
 
 def batch_options(url: str, tmp_path: Path, **changes: object) -> BatchOptions:
-    run = RunOptions(
+    run = RunOptions.of(
         model="scripted", llm_url=url, api="ollama", isolation="local", llm_backoff=0.001,
         prices={"scripted": Price(input_per_1k=1.0, output_per_1k=2.0)},
     )

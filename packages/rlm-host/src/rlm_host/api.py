@@ -5,7 +5,7 @@ From trio code::
     from rlm_host.api import RunOptions, run_rlm
 
     result = await run_rlm(long_text, query="Which clause limits liability?",
-                           options=RunOptions(model="qwen3.6", max_steps=12))
+                           options=RunOptions.of(model="qwen3.6", max_steps=12))
     print(result.answer, result.usage.total_tokens, result.trajectory_path)
 
 From plain (non-async) code, ``run_rlm_sync`` has the same signature and starts its own trio
@@ -14,7 +14,7 @@ loop::
     from rlm_host.api import RunOptions, run_rlm_sync
 
     result = run_rlm_sync("What is 6 * 7? Set Final to the number.",
-                          options=RunOptions(isolation="local"))
+                          options=RunOptions.of(isolation="local"))
     if result.answer is None:
         print("stopped:", result.stop_reason, result.detail)
 

@@ -15,7 +15,6 @@ not run (bad task file, no guest could start, the results file exists without --
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import inspect
 import json
@@ -34,7 +33,7 @@ from .api import RunOptions
 from .batch import BatchOptions, BatchRun, ResultsFile, Summary, Task, TaskError, TaskResult, open_batch, read_tasks
 from .engine import Price, load_prices, parse_price
 from .errors import RlmError
-from .isolation import command_warning, guest_argv
+from .isolation import command_warning
 from .tools import load_tool
 from .vm.errors import VMError
 
@@ -64,7 +63,7 @@ class EngineChoice(str, enum.Enum):
 
 
 def _run_options(shared: dict[str, Any]) -> RunOptions:
-    fields = {field.name for field in dataclasses.fields(RunOptions)}
+    fields = RunOptions.names()
     values = {
         name: value.value if isinstance(value, enum.Enum) else value
         for name, value in shared.items()
@@ -79,7 +78,7 @@ def _run_options(shared: dict[str, Any]) -> RunOptions:
     values["models"] = tuple(shared.get("allow_model") or ())
     if "keep_alive" in values:
         values["keep_alive"] = values["keep_alive"] or None
-    return RunOptions(**values)
+    return RunOptions.of(**values)
 
 
 def _progress_line(run: BatchRun) -> str:
@@ -140,9 +139,9 @@ def _batch(
     except (TaskError, OSError) as error:
         print(f"rlm: {error}", file=sys.stderr)
         raise typer.Exit(EXIT_ERROR) from error
-    if run_options.guest_command is not None:
-        print(command_warning(guest_argv(run_options.guest_command)), file=sys.stderr)
-    elif run_options.isolation == "local":
+    if run_options.guest.command is not None:
+        print(command_warning(run_options.guest.command), file=sys.stderr)
+    elif run_options.guest.isolation == "local":
         print("rlm: --isolation local runs model code on this machine, unsandboxed", file=sys.stderr)
     try:
         options = BatchOptions(
@@ -157,7 +156,6 @@ def _batch(
             base_dir=tasks.parent.absolute(),
             scorer=scorer,
         )
-        run_options.limits()
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
     assert options.trajectory_dir is not None

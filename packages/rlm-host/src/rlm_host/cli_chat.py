@@ -100,20 +100,24 @@ def chat(
         raise typer.BadParameter(str(error)) from error
     if isolation is IsolationChoice.local:
         print("rlm: --isolation local runs model code on this machine, unsandboxed", file=sys.stderr)
-    options = RunOptions(
-        model=model,
-        llm_url=llm_url,
-        api=None if api is None else api.value,
-        max_steps=max_steps,
-        max_depth=max_depth,
-        context_tokens=context_tokens,
-        host_tools=host_tools,
-        isolation=isolation.value,
-        memory_mb=memory_mb,
-        trajectory_path=trajectory,
-        sub_model=sub_model,
-        think=think_value(think, think_level),
-    )
+    try:
+        options = RunOptions.of(
+            model=model,
+            llm_url=llm_url,
+            api=None if api is None else api.value,
+            max_steps=max_steps,
+            max_depth=max_depth,
+            context_tokens=context_tokens,
+            host_tools=host_tools,
+            isolation=isolation.value,
+            memory_mb=memory_mb,
+            trajectory_path=trajectory,
+            sub_model=sub_model,
+            think=think_value(think, think_level),
+        )
+    except ValueError as error:  # a bad value for the engine's Limits
+        print(f"rlm: {error}", file=sys.stderr)
+        raise typer.Exit(EXIT_ERROR) from error
     try:
         trio.run(_converse, options, first_context)
     except (RlmError, VMError, ValueError) as error:

@@ -291,39 +291,43 @@ def run(
     elif isolation is IsolationChoice.local:
         print("rlm: --isolation local runs model code on this machine, unsandboxed", file=sys.stderr)
     progress = Progress(console, verbose=verbose) if tty else None
-    options = RunOptions(
-        model=model,
-        llm_url=llm_url,
-        api=None if api is None else api.value,
-        stream=stream,
-        llm_retries=llm_retries,
-        max_steps=max_steps,
-        max_depth=max_depth,
-        max_model_calls=max_model_calls,
-        max_tokens=max_tokens,
-        max_seconds=max_seconds,
-        concurrency=concurrency,
-        isolation=isolation.value,
-        guest_command=guest_command,
-        memory_mb=memory_mb,
-        network=network,
-        exec_timeout=block_timeout or None,
-        trajectory_path=trajectory,
-        on_event=_with_resume_report(progress) if resume is not None else progress,
-        host_tools=host_tools,
-        tool_timeout=tool_timeout,
-        max_cost=max_cost,
-        prices=price_table,
-        context_tokens=context_tokens,
-        think=think_value(think, think_level),
-        history_reasoning=history_reasoning,
-        detect_truncation=detect_truncation,
-        keep_alive=keep_alive or None,
-        sub_model=sub_model,
-        sub_llm_url=sub_llm_url,
-        sub_api=None if sub_api is None else sub_api.value,
-        models=tuple(allow_model or ()),
-    )
+    try:
+        options = RunOptions.of(
+            model=model,
+            llm_url=llm_url,
+            api=None if api is None else api.value,
+            stream=stream,
+            llm_retries=llm_retries,
+            max_steps=max_steps,
+            max_depth=max_depth,
+            max_model_calls=max_model_calls,
+            max_tokens=max_tokens,
+            max_seconds=max_seconds,
+            concurrency=concurrency,
+            isolation=isolation.value,
+            guest_command=guest_command,
+            memory_mb=memory_mb,
+            network=network,
+            exec_timeout=block_timeout or None,
+            trajectory_path=trajectory,
+            on_event=_with_resume_report(progress) if resume is not None else progress,
+            host_tools=host_tools,
+            tool_timeout=tool_timeout,
+            max_cost=max_cost,
+            prices=price_table,
+            context_tokens=context_tokens,
+            think=think_value(think, think_level),
+            history_reasoning=history_reasoning,
+            detect_truncation=detect_truncation,
+            keep_alive=keep_alive or None,
+            sub_model=sub_model,
+            sub_llm_url=sub_llm_url,
+            sub_api=None if sub_api is None else sub_api.value,
+            models=tuple(allow_model or ()),
+        )
+    except ValueError as error:  # a bad value for the engine's Limits
+        print(f"rlm: {error}", file=sys.stderr)
+        raise typer.Exit(EXIT_ERROR) from error
 
     async def go() -> RunResult[Any]:
         if resume is not None:

@@ -238,7 +238,11 @@ class GuestConnection:
         async with self._send_lock:
             view = self._encoder.encode_view(frame)
             try:
-                await self._stream.send_all(view)
+                # A frame is written whole or not at all: cancelled half-way, it would leave
+                # the channel mid-frame (and the encoder's buffer lent to a dead traceback).
+                # A guest that stops reading is ended by closing the stream, which fails this.
+                with trio.CancelScope(shield=True):
+                    await self._stream.send_all(view)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
                 self._die(await self._died(f"sending to the guest failed: {error}"))
                 raise self._death from error  # type: ignore[misc]

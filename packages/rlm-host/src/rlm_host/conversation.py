@@ -38,7 +38,7 @@ class Conversation:
 
     Open it with ``Conversation.open`` (an async context manager); ``ask`` each question::
 
-        async with Conversation.open(options=RunOptions(isolation="local")) as chat:
+        async with Conversation.open(options=RunOptions.of(isolation="local")) as chat:
             first = await chat.ask("How many lines?", context=log_text)
             second = await chat.ask("And how many of them are errors?")
     """

@@ -24,7 +24,7 @@ from .connection import GuestConnection
 from .engine import DEFAULT_TOOLS, RlmEngine, RlmOutcome, Soon, StopReason
 from .engine.repl import Repl, repl_for
 from .errors import single_error
-from .isolation import open_guest
+from .isolation import Isolation, open_guest
 from .llm import LlmConfig, ModelInfo, Usage, open_client
 from .llm.window import choose_window
 from .options import RunOptions
@@ -75,9 +75,9 @@ def _guest_tools(options: RunOptions) -> Sequence[str]:
     """The tools to name in the system prompt: explicit, else what the VM image really has."""
     if options.tools is not None:
         return options.tools
-    if options.guest_command is not None:
+    if options.guest.command is not None:
         return ()  # unknown: the model is told only the base system's tools are there
-    if options.isolation == "vm":
+    if options.guest.isolation == Isolation.vm:
         try:
             return find_image().manifest.tools
         except VMError:
@@ -94,7 +94,7 @@ async def _guest(
     if connection is not None:
         yield connection
         return
-    guest_options = options.guest_options()
+    guest_options = options.guest
     if guest_options.command is not None:
         # Opened before the first model request: what the model is told depends on the
         # guest's capabilities (engine.repl).
@@ -170,7 +170,7 @@ class RunContext:
         self.answer_chars = 0
 
     def cost(self) -> float | None:
-        if not self.options.prices:
+        if not self.options.limits.prices:
             return None
         return self.engine.meter.cost
 
@@ -189,7 +189,7 @@ class RunContext:
             value=outcome.value,
             cost=self.cost(),
             usage_by_model=dict(self.engine.meter.usage_by_model),
-            cost_by_model=dict(self.engine.meter.cost_by_model) if self.options.prices else {},
+            cost_by_model=dict(self.engine.meter.cost_by_model) if self.options.limits.prices else {},
         )
 
 
@@ -213,8 +213,8 @@ async def open_run_context(
     """
     started = time.perf_counter()
     run_id = new_run_id()
-    config = options.llm_config()
-    limits = options.limits()
+    config = options.llm.llm_config()
+    limits = options.limits
     if limits.max_cost is not None and limits.price(config.model) is None:
         raise ValueError(f"max_cost needs a price for model {config.model!r} (--price {config.model}=IN,OUT)")
     host_tools = as_tools(options.host_tools, timeout=options.tool_timeout)
@@ -238,8 +238,8 @@ async def open_run_context(
                 url=config.endpoint,
                 options=asdict(replace(limits, prices={}))
                 | {
-                    "isolation": "command" if options.guest_command is not None else options.isolation,
-                    "stream": options.stream,
+                    "isolation": "command" if options.guest.command is not None else options.guest.isolation.value,
+                    "stream": options.llm.stream,
                     "kind": kind,
                     "host_tools": [tool.display for tool in host_tools],
                     "prices": {name: asdict(price) for name, price in limits.prices.items()},
@@ -248,7 +248,7 @@ async def open_run_context(
                 resumed_from=str(resumed_from) if resumed_from is not None else None,
             )
         )
-        sub_config = options.sub_llm_config()
+        sub_config = options.llm.sub_llm_config()
         async with contextlib.AsyncExitStack() as stack:
             client = await stack.enter_async_context(open_client(config, limiter=options.model_limiter))
             clients = {}
@@ -263,7 +263,7 @@ async def open_run_context(
             for each in (client, *clients.values()):
                 info = await each.describe()
                 _check_think(each.config, info)
-                window, num_ctx = choose_window(each.config.api, info, options.context_tokens)
+                window, num_ctx = choose_window(each.config.api, info, options.limits.context_tokens)
                 each.config = replace(each.config, num_ctx=num_ctx)
                 if window is not None:
                     windows[each.config.model] = window
@@ -290,9 +290,9 @@ async def open_run_context(
                 on_delta=options.on_delta,
                 history_reasoning=options.history_reasoning,
                 detect_truncation=options.detect_truncation,
-                sub_model=options.sub_model,
+                sub_model=options.llm.sub_model,
                 clients=clients,
-                models=options.models,
+                models=options.llm.models,
                 repl=repl,
                 windows=windows,
             )

@@ -60,4 +60,4 @@ class BatchOptions:
 
     def guest_options(self) -> GuestOptions:
         """How each worker starts its guest."""
-        return self.run.guest_options()
+        return self.run.guest
