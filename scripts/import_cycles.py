@@ -13,12 +13,12 @@ import ast
 import sys
 from pathlib import Path
 
-ROOT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def modules() -> dict[str, Path]:
+def modules(root: Path = ROOT) -> dict[str, Path]:
     found: dict[str, Path] = {}
-    for src in sorted((ROOT / "packages").glob("*/src")):
+    for src in sorted((root / "packages").glob("*/src")):
         for path in sorted(src.rglob("*.py")):
             parts = list(path.relative_to(src).with_suffix("").parts)
             if parts[-1] == "__init__":
@@ -88,7 +88,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def main() -> int:
-    known = modules()
+    known = modules(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT)
     # A package's ``__init__`` re-exports its modules: edges into a package are not circles of
     # their own, so packages are left out as targets of their own submodules.
     graph = {name: {t for t in imports(name, path, known) if not name.startswith(t + ".")} for name, path in known.items()}
