@@ -89,7 +89,7 @@ TARGETS: dict[str, Target] = {
     "steps": Target(
         "packages/rlm-host/src/rlm_host/engine/steps.py",
         (
-            "tests/engine/test_budgets.py", "tests/engine/test_loop.py",
+            "tests/engine/test_budgets.py", "tests/engine/test_loop.py", "tests/engine/test_steps.py",
             "tests/engine/test_compaction.py", "tests/engine/test_engine_core.py",
         ),
         functions=("_steps",),
