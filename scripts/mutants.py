@@ -91,6 +91,7 @@ TARGETS: dict[str, Target] = {
         (
             "tests/engine/test_budgets.py", "tests/engine/test_loop.py", "tests/engine/test_steps.py",
             "tests/engine/test_compaction.py", "tests/engine/test_engine_core.py",
+            "tests/engine/test_guest_command.py",
         ),
         functions=("_steps",),
     ),
