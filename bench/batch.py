@@ -40,7 +40,7 @@ def script(request: ChatRequest) -> str:
 async def measure(engine: str, workers: int, args: argparse.Namespace, url: str, folder: Path) -> dict[str, Any]:
     tasks = [Task(id=i, text=f"answer={i}", expected=str(i)) for i in range(args.tasks)]
     options = BatchOptions(
-        run=RunOptions(model="m", llm_url=url, api="ollama", isolation=args.isolation, memory_mb=1024),
+        run=RunOptions.of(model="m", llm_url=url, api="ollama", isolation=args.isolation, memory_mb=1024),
         workers=workers,
         sessions_per_worker=args.sessions,
         model_requests=args.model_requests,

@@ -58,7 +58,7 @@ def rlms_version() -> str | None:
 
 
 def _options(url: str, tmp: Path, **kw: Any) -> RunOptions:
-    return RunOptions(model="bench", llm_url=url, api="openai", concurrency=8, llm_retries=0,
+    return RunOptions.of(model="bench", llm_url=url, api="openai", concurrency=8, llm_retries=0,
                       trajectory_path=tmp / f"traj-{time.monotonic_ns()}.jsonl", **kw)
 
 

@@ -89,12 +89,22 @@ TARGETS: dict[str, Target] = {
         ("tests/engine/test_budgets.py", "tests/engine/test_cost_budget.py"),
     ),
     "recursion": Target(
-        "packages/rlm-host/src/rlm_host/engine/rlm.py",
+        "packages/rlm-host/src/rlm_host/engine/children.py",
         (
             "tests/engine/test_budgets.py", "tests/engine/test_batched.py",
             "tests/engine/test_loop.py", "tests/engine/test_compaction.py",
+            "tests/engine/test_engine_core.py",
         ),
-        functions=("_host_call_handler", "_child", "_steps"),
+        functions=("handler", "_query", "_child"),
+    ),
+    "steps": Target(
+        "packages/rlm-host/src/rlm_host/engine/steps.py",
+        (
+            "tests/engine/test_budgets.py", "tests/engine/test_loop.py", "tests/engine/test_steps.py",
+            "tests/engine/test_compaction.py", "tests/engine/test_engine_core.py",
+            "tests/engine/test_guest_command.py",
+        ),
+        functions=("_steps",),
     ),
     "batch_results": Target(
         "packages/rlm-host/src/rlm_host/batch/results.py",

@@ -101,7 +101,7 @@ def test_batch_takes_the_model_and_budget_options_of_run() -> None:
         assert option in shown
     assert "max_steps" in SHARED_RUN_OPTIONS
     options = _run_options({"max_steps": 5, "model": "m", "not_a_run_option": 1})
-    assert (options.max_steps, options.model) == (5, "m")
+    assert (options.limits.max_steps, options.llm.model) == (5, "m")
 
 
 async def test_cost_budget_and_host_tools_as_in_rlm_run(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from tests.scripted_model import ScriptedModel
 
 
 def batch_options(url: str, tmp_path: Path, **changes: object) -> BatchOptions:
-    run = RunOptions(
+    run = RunOptions.of(
         model="scripted", llm_url=url, api="ollama", isolation="local", llm_backoff=0.001,
         prices={"scripted": Price(input_per_1k=1.0, output_per_1k=2.0)},
     )
@@ -105,7 +105,7 @@ async def test_a_worker_that_cannot_start_a_guest_is_the_batch_error_itself(tmp_
     # passes all of them about once in a thousand.
     with ScriptedModel(script) as server:
         options = batch_options(server.url, tmp_path, workers=1)
-        options = replace(options, run=replace(options.run, guest_command=(sys.executable, "-c", "pass")))
+        options = replace(options, run=options.run.replace(guest_command=(sys.executable, "-c", "pass")))
         for _ in range(10):
             with pytest.raises(WorkerError, match=r"worker w0: cannot start a guest: \w+Error: ") as raised:
                 async for _ in run_batch([parse_task('{"id": "a", "text": "x"}')], options):

@@ -27,7 +27,7 @@ async def test_sub_model_per_task_and_usage_by_model(tmp_path: Path) -> None:
         + json.dumps({"id": "b", "text": "two", "options": {"sub_model": "other-small"}}) + "\n"
     )
     with ScriptedModel(script) as server, trio.fail_after(GUARD_SECONDS):
-        run = RunOptions(model="big", llm_url=server.url, api="ollama", isolation="local", llm_backoff=0.001,
+        run = RunOptions.of(model="big", llm_url=server.url, api="ollama", isolation="local", llm_backoff=0.001,
                          sub_model="small")
         options = BatchOptions(run=run, workers=1, trajectory_dir=tmp_path / "trajectories", base_dir=tmp_path)
         results = {r.key: r async for r in run_batch(read_tasks(tasks), options)}

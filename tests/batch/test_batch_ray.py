@@ -41,7 +41,7 @@ def outcome(result: TaskResult) -> tuple[str, str | None, float | None]:
 async def same_batch_local_and_ray(tmp_path: Path, isolation: str) -> dict[str, TaskResult]:
     write_tasks(tmp_path / "tasks.jsonl", count=50)
     with trio.fail_after(900), ScriptedModel(script, latency=0.02) as server:
-        run = RunOptions(model="m", llm_url=server.url, api="ollama", isolation=isolation, llm_backoff=0.001)  # type: ignore[arg-type]
+        run = RunOptions.of(model="m", llm_url=server.url, api="ollama", isolation=isolation, llm_backoff=0.001)
         options = BatchOptions(
             run=run, workers=2, sessions_per_worker=3, model_requests=4, base_dir=tmp_path,
             trajectory_dir=tmp_path / "local",
@@ -72,7 +72,7 @@ async def test_same_batch_on_ray_vms(tmp_path: Path, vm_image: None) -> None:
 
 
 def ray_options(url: str, tmp_path: Path, **changes: object) -> BatchOptions:
-    run = RunOptions(model="m", llm_url=url, api="ollama", isolation="local", llm_backoff=0.001, exec_timeout=60)
+    run = RunOptions.of(model="m", llm_url=url, api="ollama", isolation="local", llm_backoff=0.001, exec_timeout=60)
     base = BatchOptions(
         run=run, engine="ray", ray_actor_cpus=0.5, workers=1, sessions_per_worker=1, model_requests=4,
         base_dir=tmp_path, trajectory_dir=tmp_path / "trajectories",

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.vm
 async def test_fifty_tasks_on_two_vms(tmp_path: Path, vm_image: None) -> None:
     expected = write_tasks(tmp_path / "tasks.jsonl")
     with ScriptedModel(script, latency=0.02) as server:
-        run = RunOptions(model="m", llm_url=server.url, api="ollama", memory_mb=1024, llm_backoff=0.001)
+        run = RunOptions.of(model="m", llm_url=server.url, api="ollama", memory_mb=1024, llm_backoff=0.001)
         options = BatchOptions(
             run=run, workers=2, sessions_per_worker=4, model_requests=4, base_dir=tmp_path,
             trajectory_dir=tmp_path / "trajectories",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from rlm_host.api import RunOptions
@@ -11,7 +10,7 @@ from rlm_host.llm import Api
 
 def local_options(url: str, trajectory: Path, *, api: Api = "ollama", **changes: object) -> RunOptions:
     """A run against ``url`` with the guest as a local subprocess and millisecond retries."""
-    base = RunOptions(
+    base = RunOptions.of(
         model="scripted",
         llm_url=url,
         api=api,
@@ -19,7 +18,7 @@ def local_options(url: str, trajectory: Path, *, api: Api = "ollama", **changes:
         trajectory_path=trajectory,
         llm_backoff=0.001,
     )
-    return replace(base, **changes)  # type: ignore[arg-type]
+    return base.replace(**changes)
 
 
 def fence(code: str, language: str = "python") -> str:

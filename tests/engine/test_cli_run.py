@@ -98,6 +98,13 @@ async def test_budget_stop_exits_3(tmp_path: Path) -> None:
     assert b"stopped without an answer (max_steps): no Final after 2 steps" in done.stderr
 
 
+async def test_a_bad_budget_exits_2_with_what_is_wrong(tmp_path: Path) -> None:
+    # Checked by Limits when the options are built, before any model or guest starts.
+    done = await rlm_run("-q", "hi", "--max-steps", "0", env={"XDG_STATE_HOME": str(tmp_path)})
+    assert done.returncode == 2 and done.stdout == b""
+    assert done.stderr.strip().splitlines()[-1] == b"rlm: max_steps must be at least 1"
+
+
 async def test_server_down_exits_2_with_the_url(tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-import rlm_host.api
+import rlm_host.run_context
 from tests.engine.engine_harness import fence, local_options
 from rlm_host import GuestConnection, GuestDiedError
 from rlm_host.api import run_rlm
@@ -45,7 +45,7 @@ async def test_first_model_request_does_not_wait_for_the_guest(
         async with open_guest(options) as connection:
             yield connection
 
-    monkeypatch.setattr(rlm_host.api, "open_guest", held_back_guest)
+    monkeypatch.setattr(rlm_host.run_context, "open_guest", held_back_guest)
     with ScriptedModel(script) as server, trio.fail_after(2 * GUARD_SECONDS):
         result = await run_rlm("x" * 1000, options=local_options(server.url, trajectory))
     assert result.answer == "1000"
@@ -60,7 +60,7 @@ async def test_a_guest_that_fails_to_start_ends_the_run_during_the_first_request
         raise GuestDiedError("scripted: the VM did not start", "console tail here")
         yield
 
-    monkeypatch.setattr(rlm_host.api, "open_guest", broken_guest)
+    monkeypatch.setattr(rlm_host.run_context, "open_guest", broken_guest)
     # The model never answers: the run can only end because the guest's failure stopped it.
     with ScriptedModel(lambda request: Hang()) as server, trio.fail_after(GUARD_SECONDS):
         with pytest.raises(GuestDiedError, match="the VM did not start"):

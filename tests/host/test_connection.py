@@ -20,19 +20,25 @@ from rlm_protocol import (
     CAPABILITIES,
     PROTOCOL_VERSION,
     Captured,
+    CloseSession,
     ErrorFrame,
     Exec,
     ExecResult,
     Frame,
     FrameDecoder,
     Hello,
+    HostCall,
+    HostCallReply,
     Interrupt,
     Limits,
+    LocalProtocolError,
     OpenSession,
+    SessionClosed,
     SessionOpened,
     Welcome,
     encode,
 )
+from rlm_host.session_link import answer_host_call
 
 LIMITS = Limits(max_frame_bytes=1 << 20, max_output_chars=100, max_sessions=10)
 
@@ -233,3 +239,63 @@ async def test_guest_closing_the_channel_fails_requests_with_guest_died() -> Non
             await connection.open_session()
 
     await run_against(guest, body)
+
+
+async def test_host_calls_go_to_their_sessions_owner_or_get_a_refusal() -> None:
+    """Routing (``GuestConnection`` + ``Session.host_calls``): a session opened with
+    ``host_calls`` hands its calls to its owner; the connection refuses the others itself."""
+    replies: dict[int, HostCallReply] = {}
+
+    async def guest(stream: trio.abc.Stream, decoder: FrameDecoder) -> None:
+        await stream.send_all(encode(hello()))
+        opened: list[str] = []
+        while True:
+            for frame in await receive(stream, decoder):
+                if isinstance(frame, OpenSession):
+                    await stream.send_all(encode(SessionOpened(session=frame.session, call=frame.call)))
+                    opened.append(frame.session)
+                    if len(opened) == 2:
+                        served, plain = opened
+                        for call, session in ((1, served), (2, plain), (3, "s99")):
+                            payload = {"prompt": str(call), "model": None}
+                            await stream.send_all(
+                                encode(HostCall(session=session, call=call, method="llm_query", payload=payload))
+                            )
+                elif isinstance(frame, HostCallReply):
+                    replies[frame.call] = frame
+                elif isinstance(frame, CloseSession):
+                    await stream.send_all(encode(SessionClosed(session=frame.session, call=frame.call)))
+
+    async def body(connection: GuestConnection) -> None:
+        served = await connection.open_session(host_calls=True)
+        await connection.open_session()
+        with trio.fail_after(5):
+            call = await served.host_calls.receive()
+            assert (call.call, call.payload["prompt"]) == (1, "1")
+            await served.answer(call, value="A")
+            while len(replies) < 3:
+                await trio.sleep(0.01)
+            await served.close()
+            # A closed session's channel ends: whoever serves it stops.
+            assert [c async for c in served.host_calls] == []
+
+    await run_against(guest, body)
+    assert replies[1].value == "A" and replies[1].error is None
+    assert replies[2].error is not None and replies[2].error.name == "NoHandler"
+    assert replies[3].error is not None and replies[3].error.name == "UnknownSession"
+
+
+async def test_a_reply_that_cannot_be_sent_becomes_an_error_and_never_raises() -> None:
+    sent: list[HostCallReply] = []
+
+    async def too_large_then_dead(frame: Frame) -> None:
+        assert isinstance(frame, HostCallReply)
+        if frame.error is None:
+            raise LocalProtocolError("HostCallReply frame of 99 bytes exceeds the limit of 9 bytes")
+        sent.append(frame)
+        raise GuestDiedError("the guest exited")
+
+    call = HostCall(session="s1", call=4, method="llm_query", payload={"prompt": "p"})
+    # The guest died between the reply and its fallback: nothing may reach the caller's nursery.
+    await answer_host_call(too_large_then_dead, call, value="x" * 99)
+    assert sent[0].error is not None and sent[0].error.name == "TooLarge"

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
-from rlm_host import GuestConnection, GuestDiedError, SessionError, open_local_guest
+from rlm_host import GuestConnection, GuestDiedError, SessionError, open_local_guest, serve_host_calls, serving
 from rlm_host.transport import LocalGuestStream
 from rlm_protocol import Exec, ExecResult, HostCall, SetVars, text_metadata
 
@@ -87,9 +87,10 @@ async def test_fifty_sessions_with_host_calls_answered_in_shuffled_order(
     results: dict[str, str] = {}
 
     async def run_one(session_index: int) -> None:
-        session = await connection.open_session(handler=handler)
-        await session.set_vars({"me": session_index})
-        result = await session.exec(code)
+        session = await connection.open_session(host_calls=True)
+        async with serving(session, handler):
+            await session.set_vars({"me": session_index})
+            result = await session.exec(code)
         assert result.error is None, result.stderr.text
         results[session.id] = result.stdout.text
 
@@ -120,8 +121,9 @@ async def test_batched_calls_are_in_flight_together(connection: GuestConnection)
         in_flight -= 1
         return str(call.payload["prompt"]).upper()
 
-    session = await connection.open_session(handler=handler)
-    result = await session.exec("print(llm_query_batched(list('abcdefgh')))")
+    session = await connection.open_session(host_calls=True)
+    async with serving(session, handler):
+        result = await session.exec("print(llm_query_batched(list('abcdefgh')))")
     assert peak == 8
     assert result.stdout.text == str(list("ABCDEFGH")) + "\n"
 
@@ -132,10 +134,11 @@ async def test_host_handler_exception_becomes_guest_exception(
     async def handler(call: HostCall) -> str:
         raise ValueError("model server said no")
 
-    session = await connection.open_session(handler=handler)
-    result = await session.exec(
-        "try:\n    rlm_query('x')\nexcept RuntimeError as e:\n    print('caught', e)"
-    )
+    session = await connection.open_session(host_calls=True)
+    async with serving(session, handler):
+        result = await session.exec(
+            "try:\n    rlm_query('x')\nexcept RuntimeError as e:\n    print('caught', e)"
+        )
     assert result.stdout.text == "caught ValueError: model server said no\n"
 
 
@@ -153,7 +156,7 @@ async def test_guest_killed_mid_exec_fails_every_waiter_with_one_error(
             all_started.set()
         return "go"
 
-    sessions = [await connection.open_session(handler=handler) for _ in range(5)]
+    sessions = [await connection.open_session(host_calls=True) for _ in range(5)]
     errors: list[BaseException] = []
 
     async def run(session_index: int) -> None:
@@ -164,6 +167,8 @@ async def test_guest_killed_mid_exec_fails_every_waiter_with_one_error(
 
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
+            for session in sessions:
+                nursery.start_soon(serve_host_calls, session, handler)
             for index in range(5):
                 nursery.start_soon(run, index)
             await all_started.wait()
@@ -326,8 +331,8 @@ async def test_busy_session_refuses_a_second_block(connection: GuestConnection) 
         await gate.wait()
         return "ok"
 
-    session = await connection.open_session(handler=handler)
-    async with trio.open_nursery() as nursery:
+    session = await connection.open_session(host_calls=True)
+    async with serving(session, handler), trio.open_nursery() as nursery:
         nursery.start_soon(session.exec, "llm_query('hold')")
         await entered.wait()
         with pytest.raises(SessionError) as caught:
@@ -371,8 +376,9 @@ async def test_rlm_query_keyword_fields_are_appended(connection: GuestConnection
         seen.append(call.payload["prompt"])
         return "ok"
 
-    session = await connection.open_session(handler=handler)
-    await session.exec("rlm_query('find it', snippet='abc', page=3)")
+    session = await connection.open_session(host_calls=True)
+    async with serving(session, handler):
+        await session.exec("rlm_query('find it', snippet='abc', page=3)")
     assert seen == ["find it\n\nsnippet: abc\npage: 3"]
 
 
@@ -393,7 +399,7 @@ async def test_large_frames_reach_their_sessions_whole(connection: GuestConnecti
     async def handler(call: HostCall) -> str:
         return big + "!"
 
-    a = await connection.open_session(handler=handler)
+    a = await connection.open_session(host_calls=True)
     b = await connection.open_session()
     check = "Final = [len(prompt), prompt[:3], prompt[-3:], prompt.count('Z')]"
     for session, text in ((a, big), (b, big[:200_000] + "é"), (a, big + big), (b, big[:70_000])):
@@ -401,7 +407,8 @@ async def test_large_frames_reach_their_sessions_whole(connection: GuestConnecti
         result = await session.exec(check)
         assert result.final is not None
         assert result.final.value == [len(text), text[:3], text[-3:], text.count("Z")]
-    result = await a.exec("r = host_call('big')\nFinal = [len(r), r[-3:]]")
+    async with serving(a, handler):
+        result = await a.exec("r = host_call('big')\nFinal = [len(r), r[-3:]]")
     assert result.final is not None and result.final.value == [len(big) + 1, big[-2:] + "!"]
     result = await b.exec("s = " + repr(big) + "\nFinal = len(s)")
     assert result.final is not None and result.final.value == len(big)

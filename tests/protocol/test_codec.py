@@ -191,3 +191,12 @@ def test_missing_counts_the_bytes_still_to_come() -> None:
     decoder.feed(data[2:10])
     assert decoder.missing == len(data) - 10
     assert decoder.feed(data[10:]) != [] and decoder.missing == 0
+
+
+def test_a_view_kept_by_the_caller_does_not_break_the_next_encode() -> None:
+    encoder = FrameEncoder()
+    kept = encoder.encode_view(OpenSession(session="s1", call=1))
+    before = bytes(kept)
+    # A longer frame must grow the buffer, which an exported view forbids (BufferError).
+    encoder.encode_view(SetVars(session="s1", call=2, values={"prompt": "x" * 10_000}))
+    assert bytes(kept) == before  # the kept view still shows its own frame

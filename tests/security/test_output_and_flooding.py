@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import trio
 
+from rlm_host import serving
 from rlm_host.connection import GuestConnection
 from rlm_host.engine.prompts import observation_message
 from rlm_protocol import HostCall
@@ -79,7 +80,7 @@ async def test_a_session_flooding_host_calls_does_not_starve_another(shared_vm: 
 
     async def go(conn: GuestConnection) -> Any:
         quiet_alone = await _quiet_blocks(conn, 3)
-        async with await conn.open_session(handler=handler) as noisy:
+        async with await conn.open_session(host_calls=True) as noisy, serving(noisy, handler):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(lambda: noisy.exec(flood, timeout=60))
                 await flooding.wait()
@@ -113,7 +114,7 @@ async def test_a_session_flooding_output_does_not_starve_another(shared_vm: Shar
         return "go"
 
     async def go(conn: GuestConnection) -> Any:
-        async with await conn.open_session(handler=handler) as noisy:
+        async with await conn.open_session(host_calls=True) as noisy, serving(noisy, handler):
             async with trio.open_nursery() as nursery:
                 results: list[Any] = []
 

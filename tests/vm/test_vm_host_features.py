@@ -7,7 +7,6 @@ and every host call crosses the virtio-serial channel.
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,8 @@ def fence(code: str) -> str:
 
 
 def options(url: str, trajectory: Path, **changes: Any) -> RunOptions:
-    base = RunOptions(model="scripted", llm_url=url, api="ollama", trajectory_path=trajectory, llm_backoff=0.001)
-    return replace(base, **changes)
+    base = RunOptions.of(model="scripted", llm_url=url, api="ollama", trajectory_path=trajectory, llm_backoff=0.001)
+    return base.replace(**changes)
 
 
 def add(a: int, b: int) -> int:

@@ -20,7 +20,8 @@ try:
 except PackageNotFoundError:  # a source tree that is not installed
     __version__ = "0.0.0"
 
-from .connection import GuestConnection, HostCallHandler
+from .connection import GuestConnection
+from .host_calls import HostCallHandler, serve_host_calls, serving
 from .errors import (
     GuestDiedError,
     GuestError,
@@ -46,4 +47,6 @@ __all__ = [
     "SessionError",
     "__version__",
     "open_local_guest",
+    "serve_host_calls",
+    "serving",
 ]

@@ -15,7 +15,6 @@ not run (bad task file, no guest could start, the results file exists without --
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import inspect
 import json
@@ -61,7 +60,7 @@ class EngineChoice(str, enum.Enum):
 
 
 def _run_options(shared: dict[str, Any]) -> RunOptions:
-    fields = {field.name for field in dataclasses.fields(RunOptions)}
+    fields = RunOptions.names()
     values = {
         name: value.value if isinstance(value, enum.Enum) else value
         for name, value in shared.items()
@@ -76,7 +75,7 @@ def _run_options(shared: dict[str, Any]) -> RunOptions:
     values["models"] = tuple(shared.get("allow_model") or ())
     if "keep_alive" in values:
         values["keep_alive"] = values["keep_alive"] or None
-    return RunOptions(**values)
+    return RunOptions.of(**values)
 
 
 def _progress_line(run: BatchRun) -> str:
@@ -135,8 +134,7 @@ def _batch(
         all_tasks = list(read_tasks(tasks))
     except (TaskError, OSError) as error:
         fail(error, cause=error)
-    guest_command = run_options.guest_command
-    warn_unsandboxed(run_options.isolation, None if guest_command is None else guest_command_argv(guest_command))
+    warn_unsandboxed(run_options.guest.isolation.value, run_options.guest.command)
     try:
         options = BatchOptions(
             run=run_options,
@@ -150,7 +148,6 @@ def _batch(
             base_dir=tasks.parent.absolute(),
             scorer=scorer,
         )
-        run_options.limits()
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
     assert options.trajectory_dir is not None

@@ -92,20 +92,23 @@ def chat(
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
     warn_unsandboxed(isolation, None)
-    options = RunOptions(
-        model=model,
-        llm_url=llm_url,
-        api=api,
-        max_steps=max_steps,
-        max_depth=max_depth,
-        context_tokens=context_tokens,
-        host_tools=host_tools,
-        isolation=isolation.value,
-        memory_mb=memory_mb,
-        trajectory_path=trajectory,
-        sub_model=sub_model,
-        think=think_value(think, think_level),
-    )
+    try:
+        options = RunOptions.of(
+            model=model,
+            llm_url=llm_url,
+            api=api,
+            max_steps=max_steps,
+            max_depth=max_depth,
+            context_tokens=context_tokens,
+            host_tools=host_tools,
+            isolation=isolation.value,
+            memory_mb=memory_mb,
+            trajectory_path=trajectory,
+            sub_model=sub_model,
+            think=think_value(think, think_level),
+        )
+    except ValueError as error:  # a bad value for the engine's Limits
+        fail(error, cause=error)
     try:
         trio.run(_converse, options, first_context)
     except (RlmError, ValueError) as error:

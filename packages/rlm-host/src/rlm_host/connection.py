@@ -4,6 +4,15 @@ Structure follows trio-websocket: one reader task owns the stream's receive side
 with the sans-IO ``FrameDecoder`` and routes each one in a single place; sends share one lock;
 waiters are registered *before* their request is sent; when the reader stops, every waiter wakes
 with the same ``GuestDiedError``.
+
+Host calls are routed, not served, here: each session's calls go to a channel its owner reads
+(``Session.host_calls``; ``rlm_host.host_calls.serve_host_calls`` runs a handler on them in the
+owner's nursery). The connection answers by itself only the calls nobody can serve: of a session
+it does not know, or of one opened without ``host_calls``.
+
+Over 400 lines, as one class on purpose: the reader, the routing, the waiters and the death of
+the connection share one state (``_pending``, ``_routes``, ``_death``), and splitting them
+would make that state public; about half of the lines are documentation.
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TypeVar
 
 import trio
 
@@ -29,8 +38,6 @@ from rlm_protocol import (
     Hello,
     HostCall,
     HostCallError,
-    HostCallReply,
-    LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
     SessionClosed,
@@ -51,14 +58,10 @@ from .errors import (
     single_error,
 )
 
-if TYPE_CHECKING:
-    from .session import Session
+from .session import Session
+from .session_link import Pending, answer_host_call
 
-__all__ = ["GuestConnection", "HostCallHandler"]
-
-#: Serves a host call made by code in the guest; its return value (a JSON-like value) becomes
-#: the call's result in the guest and an exception becomes an exception there.
-HostCallHandler = Callable[[HostCall], Awaitable[Any]]
+__all__ = ["GuestConnection"]
 
 _ReplyT = TypeVar("_ReplyT", bound=Frame)
 
@@ -69,19 +72,10 @@ RECEIVE_CHUNK = 1 << 20
 DEATH_DETAIL_SECONDS = 1.0
 
 
-class _Pending:
-    """A request waiting for its reply."""
-
-    __slots__ = ("event", "reply", "error")
-
-    def __init__(self) -> None:
-        self.event = trio.Event()
-        self.reply: Frame | None = None
-        self.error: BaseException | None = None
-
-
 class GuestConnection:
     """A handshaken connection to one guest; opens :class:`~rlm_host.session.Session` objects.
+
+    It is the ``SessionLink`` of its sessions (``rlm_host.session_link``).
 
     Create it with :meth:`open`, which owns the reader task::
 
@@ -106,9 +100,9 @@ class GuestConnection:
         self._send_lock = trio.Lock()
         self._calls = itertools.count(1)
         self._session_ids = itertools.count(1)
-        self._pending: dict[int, _Pending] = {}
-        self._handlers: dict[str, HostCallHandler | None] = {}
-        self._host_call_scopes: dict[str, set[trio.CancelScope]] = {}
+        self._pending: dict[int, Pending] = {}
+        #: Each open session's host-call channel (``None``: its calls are refused).
+        self._routes: dict[str, trio.MemorySendChannel[HostCall] | None] = {}
         self._hello_event = trio.Event()
         self._hello: Hello | None = None
         #: The capabilities this host said it will use (``Welcome.capabilities``).
@@ -223,9 +217,10 @@ class GuestConnection:
         for waiter in pending.values():
             waiter.error = error
             waiter.event.set()
-        for scopes in self._host_call_scopes.values():
-            for scope in scopes:
-                scope.cancel()
+        routes, self._routes = self._routes, {}
+        for route in routes.values():
+            if route is not None:
+                route.close()  # its server stops and cancels the calls in flight
         self._hello_event.set()
         self._closed.set()
 
@@ -243,7 +238,11 @@ class GuestConnection:
         async with self._send_lock:
             view = self._encoder.encode_view(frame)
             try:
-                await self._stream.send_all(view)
+                # A frame is written whole or not at all: cancelled half-way, it would leave
+                # the channel mid-frame (and the encoder's buffer lent to a dead traceback).
+                # A guest that stops reading is ended by closing the stream, which fails this.
+                with trio.CancelScope(shield=True):
+                    await self._stream.send_all(view)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
                 self._die(await self._died(f"sending to the guest failed: {error}"))
                 raise self._death from error  # type: ignore[misc]
@@ -285,11 +284,11 @@ class GuestConnection:
         finally:
             self.forget(call)
 
-    def expect(self, call: int) -> _Pending:
+    def expect(self, call: int) -> Pending:
         """Register the waiter for ``call``; do it before sending the request."""
         if self._death is not None:
             raise self._death
-        pending = _Pending()
+        pending = Pending()
         self._pending[call] = pending
         return pending
 
@@ -297,7 +296,7 @@ class GuestConnection:
         """Stop waiting for ``call``: a reply arriving later is dropped."""
         self._pending.pop(call, None)
 
-    async def reply(self, pending: _Pending, call: int, reply_type: type[_ReplyT]) -> _ReplyT:
+    async def reply(self, pending: Pending, call: int, reply_type: type[_ReplyT]) -> _ReplyT:
         """Wait for the reply registered with :meth:`expect` and check its type."""
         await pending.event.wait()
         if pending.error is not None:
@@ -314,28 +313,38 @@ class GuestConnection:
     # --- sessions ----------------------------------------------------------------------------
 
     async def open_session(
-        self, *, handler: HostCallHandler | None = None, cwd: str | None = None, prompt_refs: bool = False
+        self, *, host_calls: bool = False, cwd: str | None = None, prompt_refs: bool = False
     ) -> Session:
-        """Open a fresh session whose host calls are served by ``handler``.
+        """Open a fresh session.
 
-        Without a handler, every host call fails in the guest with ``NoHandler``. With
-        ``prompt_refs`` and a guest that has the ``prompt_ref`` capability, ``rlm_query`` in the
-        session sends a ``PromptRef`` (payload ``prompt_ref``) instead of the prompt's text;
-        ``Session.bind_refs`` binds it in another session (PROTOCOL.md, 1.1).
+        With ``host_calls``, the session's host calls wait in ``Session.host_calls`` for its
+        owner to serve them (``rlm_host.host_calls.serve_host_calls``); without, each fails in
+        the guest with ``NoHandler``. With ``prompt_refs`` and a guest that has the
+        ``prompt_ref`` capability, ``rlm_query`` in the session sends a ``PromptRef`` (payload
+        ``prompt_ref``) instead of the prompt's text; ``Session.bind_refs`` binds it in another
+        session (PROTOCOL.md, 1.1).
         """
-        from .session import Session
-
         refs = prompt_refs and PROMPT_REF in self.capabilities
-        return await Session.open(self, handler=handler, cwd=cwd, prompt_refs=refs)
+        return await Session.open(
+            self, self.new_session_id(), host_calls=host_calls, cwd=cwd, prompt_refs=refs
+        )
 
-    def register_session(self, session_id: str, handler: HostCallHandler | None) -> None:
-        self._handlers[session_id] = handler
-        self._host_call_scopes[session_id] = set()
+    def route(self, session_id: str, *, host_calls: bool) -> trio.MemoryReceiveChannel[HostCall] | None:
+        if self._death is not None:
+            raise self._death
+        if not host_calls:
+            self._routes[session_id] = None
+            return None
+        # Unbounded, as the tasks of the former handler registry were: the guest bounds how
+        # many calls a session has in flight (one block at a time, a batch's prompts).
+        send, receive = trio.open_memory_channel[HostCall](float("inf"))
+        self._routes[session_id] = send
+        return receive
 
-    def unregister_session(self, session_id: str) -> None:
-        self._handlers.pop(session_id, None)
-        for scope in self._host_call_scopes.pop(session_id, ()):
-            scope.cancel()
+    def unroute(self, session_id: str) -> None:
+        route = self._routes.pop(session_id, None)
+        if route is not None:
+            route.close()
 
     async def abandon(self, reason: str) -> GuestDiedError:
         """Declare the guest dead although its channel is open (it stopped answering).
@@ -401,7 +410,7 @@ class GuestConnection:
             case ErrorFrame(call=int() as call):
                 self._resolve(call, frame)
             case HostCall():
-                self._nursery.start_soon(self._serve_host_call, frame)
+                self._route_host_call(frame)
             case Bye():
                 self._bye = True
             case ErrorFrame():
@@ -416,60 +425,22 @@ class GuestConnection:
             waiter.reply = frame
             waiter.event.set()
 
-    async def _serve_host_call(self, call: HostCall) -> None:
-        scopes = self._host_call_scopes.get(call.session)
-        if scopes is None:
-            await self._reply_host_call(
-                call, error=HostCallError("UnknownSession", f"no session {call.session!r}")
-            )
-            return
-        handler = self._handlers.get(call.session)
-        if handler is None:
-            await self._reply_host_call(
-                call, error=HostCallError("NoHandler", "this session serves no host calls")
-            )
-            return
-        with trio.CancelScope() as scope:
-            scopes.add(scope)
+    def _route_host_call(self, call: HostCall) -> None:
+        if call.session not in self._routes:
+            error = HostCallError("UnknownSession", f"no session {call.session!r}")
+        else:
+            route = self._routes[call.session]
             try:
-                value = await handler(call)
-            except Exception as error:
-                # The model's code gets the failure as an exception; the run goes on.
-                await self._reply_host_call(
-                    call, error=HostCallError(type(error).__name__, str(error))
-                )
-                return
-            finally:
-                scopes.discard(scope)
-        if scope.cancelled_caught:
-            return
-        await self._reply_host_call(call, value=value)
+                if route is not None:
+                    route.send_nowait(call)  # unbounded: never blocks the reader
+                    return
+            except trio.BrokenResourceError:
+                pass  # its owner stopped serving: refused like a session without a server
+            error = HostCallError("NoHandler", "this session serves no host calls")
+        self._nursery.start_soon(self._refuse, call, error)
 
-    async def _reply_host_call(
-        self, call: HostCall, *, value: Any = None, error: HostCallError | None = None
-    ) -> None:
-        reply = HostCallReply(session=call.session, call=call.call, value=value, error=error)
-        try:
-            await self.send(reply)
-        except GuestError:
-            pass  # the guest is gone; its waiters died with it
-        except LocalProtocolError as too_large:
-            await self.send(
-                HostCallReply(
-                    session=call.session,
-                    call=call.call,
-                    error=HostCallError("TooLarge", str(too_large)),
-                )
-            )
-        except TypeError as bad_value:
-            # msgspec could not encode the handler's value: tell the guest instead of dying.
-            await self.send(
-                HostCallReply(
-                    session=call.session,
-                    call=call.call,
-                    error=HostCallError("TypeError", f"host call result: {bad_value}"),
-                )
-            )
+    async def _refuse(self, call: HostCall, error: HostCallError) -> None:
+        await answer_host_call(self.send, call, error=error)
 
 
 def _host_version() -> str:

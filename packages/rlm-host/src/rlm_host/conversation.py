@@ -18,10 +18,14 @@ from typing import Any, TypeVar, overload
 
 import msgspec
 
-from .api import RunOptions, RunResult, _Run, open_engine
+import trio
+
 from .connection import GuestConnection
-from .engine import RootRlm, query_task
+from .engine import RlmState, query_task
 from .engine.prompts import question_message
+from .errors import single_error
+from .options import RunOptions
+from .run_context import RunContext, RunResult, open_run_context
 from .trajectory import Question
 
 __all__ = ["Conversation"]
@@ -34,14 +38,16 @@ class Conversation:
 
     Open it with ``Conversation.open`` (an async context manager); ``ask`` each question::
 
-        async with Conversation.open(options=RunOptions(isolation="local")) as chat:
+        async with Conversation.open(options=RunOptions.of(isolation="local")) as chat:
             first = await chat.ask("How many lines?", context=log_text)
             second = await chat.ask("And how many of them are errors?")
     """
 
-    def __init__(self, run: _Run) -> None:
+    def __init__(self, run: RunContext, nursery: trio.Nursery) -> None:
         self._run = run
-        self._root: RootRlm | None = None
+        #: Where the root's host calls are served (the conversation's own nursery).
+        self._nursery = nursery
+        self._root: RlmState | None = None
         self.turns = 0
 
     @classmethod
@@ -50,13 +56,16 @@ class Conversation:
         cls, options: RunOptions = RunOptions(), *, connection: GuestConnection | None = None
     ) -> AsyncIterator[Conversation]:
         """Start the model client and the guest; the session opens with the first question."""
-        async with open_engine("", options, connection, kind="conversation") as run:
-            conversation = cls(run)
-            try:
-                yield conversation
-            finally:
-                if conversation._root is not None:
-                    await run.engine.close(conversation._root)
+        try:
+            async with open_run_context("", options, connection, kind="conversation") as run, trio.open_nursery() as nursery:
+                conversation = cls(run, nursery)
+                try:
+                    yield conversation
+                finally:
+                    if conversation._root is not None:
+                        await run.engine.close(conversation._root)
+        except BaseExceptionGroup as group:
+            raise single_error(group) from None
 
     @property
     def trajectory_path(self) -> Path | None:
@@ -80,7 +89,7 @@ class Conversation:
         if self._root is None:
             task = query_task(question, context) if context is not None else question
             self._run.recorder.emit(Question(ts=time.time(), rlm="0", depth=0, turn=turn, question=question, variable="prompt"))
-            self._root = await engine.open_root(task, answer_type=answer_type)
+            self._root = await engine.open_root(task, self._nursery, answer_type=answer_type)
             outcome = await engine.ask(self._root, answer_type=answer_type)
         else:
             variable = f"context_{turn}" if context is not None else None

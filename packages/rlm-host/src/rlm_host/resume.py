@@ -31,11 +31,14 @@ from typing import Any
 
 import msgspec
 
-from .api import RunOptions, RunResult, open_engine
+import trio
+
 from .connection import GuestConnection
 from .engine import NO_BLOCK_REPROMPT, Replay, first_block
-from .errors import RlmError
+from .errors import RlmError, single_error
 from .llm.messages import ChatMessage
+from .options import RunOptions
+from .run_context import RunResult, open_run_context
 from .trajectory import (
     BlockRun,
     ChildEnd,
@@ -203,41 +206,43 @@ async def resume_rlm(
     point = load_resume_point(trajectory, prompt)
     if options.trajectory_path is not None and options.trajectory_path.resolve() == trajectory.resolve():
         raise ResumeError("write the resumed run to a new trajectory, not over the one it resumes")
-    async with open_engine(point.prompt, options, connection, resumed_from=trajectory) as run:
-        engine = run.engine
-        replay = point.replay
-        root = await engine.open_root(point.prompt, handler=engine.root_handler(replay), prompt_refs=False)
-        try:
-            problems = list(point.problems)
-            for block in point.blocks:
-                result = await root.session.exec(
-                    block.code, "bash" if block.language == "bash" else "python", timeout=options.exec_timeout
+    try:
+        async with (
+            open_run_context(point.prompt, options, connection, resumed_from=trajectory) as run,
+            trio.open_nursery() as nursery,
+        ):
+            engine = run.engine
+            replay = point.replay
+            root = await engine.open_root(point.prompt, nursery, replay=replay, prompt_refs=False)
+            try:
+                problems = list(point.problems)
+                for block in point.blocks:
+                    result = await root.session.exec(
+                        block.code, "bash" if block.language == "bash" else "python", timeout=options.exec_timeout
+                    )
+                    if result.session_reset:
+                        problems.append(f"step {block.step}: the session was reset in the replay; earlier state is lost")
+                        await engine.rebind(root)
+                    error = None if result.error is None else f"{result.error.name}: {result.error.value}"
+                    if block.language == "bash" and result.returncode:
+                        error = error or f"exit status {result.returncode}"
+                    if error is not None and block.error is None:
+                        problems.append(f"step {block.step}: the block failed in the replay ({error}); it did not originally")
+                problems.extend(replay.finish())
+                # A replayed block may have set Final (a rejected typed answer): the model decides anew.
+                await root.session.set_vars({})
+                if point.history is not None:
+                    root.restore(point.history, point.steps)
+                run.recorder.emit(
+                    Resumed(
+                        ts=time.time(), rlm="0", depth=0, trajectory=str(trajectory),
+                        steps_replayed=len(point.blocks),
+                        history_messages=len(root.history), problems=tuple(problems),
+                    )
                 )
-                if result.session_reset:
-                    problems.append(f"step {block.step}: the session was reset in the replay; earlier state is lost")
-                    await engine.prepare(root)
-                error = None if result.error is None else f"{result.error.name}: {result.error.value}"
-                if block.language == "bash" and result.returncode:
-                    error = error or f"exit status {result.returncode}"
-                if error is not None and block.error is None:
-                    problems.append(f"step {block.step}: the block failed in the replay ({error}); it did not originally")
-            replay.active = False
-            problems.extend(replay.problems)
-            # A replayed block may have set Final (a rejected typed answer): the model decides anew.
-            await root.session.set_vars({})
-            if point.history is not None:
-                root.history = list(point.history)
-                root.transcript = list(point.history)
-                root.step = point.steps
-                root.recorded = None
-            run.recorder.emit(
-                Resumed(
-                    ts=time.time(), rlm="0", depth=0, trajectory=str(trajectory),
-                    steps_replayed=len(point.blocks),
-                    history_messages=len(root.history), problems=tuple(problems),
-                )
-            )
-            outcome = await engine.ask(root)
-        finally:
-            await engine.close(root)
-        return run.result(outcome)
+                outcome = await engine.ask(root)
+            finally:
+                await engine.close(root)
+            return run.result(outcome)
+    except BaseExceptionGroup as group:
+        raise single_error(group) from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -14,6 +14,8 @@ from rlm_protocol import (
     CloseSession,
     Exec,
     ExecResult,
+    HostCall,
+    HostCallError,
     Interrupt,
     Language,
     OpenSession,
@@ -25,10 +27,8 @@ from rlm_protocol import (
 )
 
 from .errors import GuestError, SessionClosedError, SessionError
+from .session_link import SessionLink, answer_host_call
 from .starvation import starved_between
-
-if TYPE_CHECKING:
-    from .connection import GuestConnection, HostCallHandler
 
 __all__ = ["Session"]
 
@@ -48,30 +48,37 @@ class Session:
 
     Methods may be called from several tasks, but one ``exec`` runs at a time per session (the
     guest answers a second with ``SessionError`` code ``session_busy``).
+
+    A session opened with ``host_calls`` hands the host calls of its code to its owner through
+    ``host_calls``; the owner answers each with ``answer`` (``rlm_host.host_calls`` does both).
     """
 
     def __init__(
-        self, connection: GuestConnection, session_id: str, handler: HostCallHandler | None
+        self,
+        connection: SessionLink,
+        session_id: str,
+        host_calls: trio.MemoryReceiveChannel[HostCall] | None = None,
     ) -> None:
         self.connection = connection
         self.id = session_id
-        self.handler = handler
         self.state = VarsState()
+        self._host_calls = host_calls
         self._closed = False
 
     @classmethod
     async def open(
         cls,
-        connection: GuestConnection,
+        connection: SessionLink,
+        session_id: str,
         *,
-        handler: HostCallHandler | None = None,
+        host_calls: bool = False,
         cwd: str | None = None,
         prompt_refs: bool = False,
     ) -> Session:
-        session = cls(connection, connection.new_session_id(), handler)
-        # Registered first: a host call can only come after the session exists in the guest,
-        # but the handler must be in place by then.
-        connection.register_session(session.id, handler)
+        """Open ``session_id`` in the guest (``GuestConnection.open_session`` names it)."""
+        # Routed first: a host call can only come after the session exists in the guest, but
+        # its channel must be in place by then.
+        session = cls(connection, session_id, connection.route(session_id, host_calls=host_calls))
         call = connection.new_call()
         try:
             reply = await connection.request(
@@ -80,7 +87,7 @@ class Session:
                 SessionOpened,
             )
         except BaseException as error:
-            connection.unregister_session(session.id)
+            connection.unroute(session.id)
             if isinstance(error, trio.Cancelled):
                 # The guest may open it anyway (frames are handled in order): close it after,
                 # or it would hold a process in the guest until the guest goes away.
@@ -93,6 +100,19 @@ class Session:
     @property
     def closed(self) -> bool:
         return self._closed or self.connection.closed
+
+    @property
+    def host_calls(self) -> trio.MemoryReceiveChannel[HostCall]:
+        """The host calls of the session's code, in arrival order; the channel ends when the
+        session closes or the guest dies. Only for a session opened with ``host_calls``."""
+        if self._host_calls is None:
+            raise RuntimeError(f"session {self.id} was opened without host_calls")
+        return self._host_calls
+
+    async def answer(self, call: HostCall, *, value: Any = None, error: HostCallError | None = None) -> None:
+        """Reply to one of the session's host calls with ``value`` (a msgpack-able result) or
+        ``error``. Never raises: a value that cannot be sent becomes an error in the guest."""
+        await answer_host_call(self.connection.send, call, value=value, error=error)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -191,7 +211,7 @@ class Session:
         if self._closed:
             return
         self._closed = True
-        self.connection.unregister_session(self.id)
+        self.connection.unroute(self.id)
         await self._close_in_guest()
 
     def close_later(self) -> bool:
@@ -207,7 +227,7 @@ class Session:
         if not self.connection.spawn(self._close_in_background):
             return False
         self._closed = True
-        self.connection.unregister_session(self.id)
+        self.connection.unroute(self.id)
         return True
 
     async def _close_in_guest(self) -> None:

@@ -117,7 +117,13 @@ class FrameEncoder:
             LocalProtocolError: the body exceeds ``max_frame_bytes``.
         """
         buffer = self._buffer
-        self._encoder.encode_into(frame, buffer, HEADER_BYTES)
+        try:
+            self._encoder.encode_into(frame, buffer, HEADER_BYTES)
+        except BufferError:
+            # A view of the last frame is still alive (a caller kept it): that buffer is the
+            # caller's now; encode into a new one.
+            buffer = self._buffer = bytearray()
+            self._encoder.encode_into(frame, buffer, HEADER_BYTES)
         size = len(buffer) - HEADER_BYTES
         if size > self.max_frame_bytes:
             # Keep a huge buffer from pinning memory after one oversized attempt.

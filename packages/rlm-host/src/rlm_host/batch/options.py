@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..api import RunOptions
-from ..isolation import GuestOptions, Isolation, guest_argv
+from ..isolation import GuestOptions
+from ..options import RunOptions
 
 __all__ = ["BatchOptions"]
 
@@ -60,8 +60,4 @@ class BatchOptions:
 
     def guest_options(self) -> GuestOptions:
         """How each worker starts its guest."""
-        command = self.run.guest_command
-        return GuestOptions(
-            isolation=Isolation(self.run.isolation), memory_mb=self.run.memory_mb, network=self.run.network,
-            command=None if command is None else guest_argv(command),
-        )
+        return self.run.guest

@@ -108,7 +108,7 @@ class RayWorker:
     """The actor: one ``GuestWorker`` (one guest) serving up to ``sessions_per_worker`` tasks."""
 
     def __init__(self, options: BatchOptions, name: str, model_requests: int) -> None:
-        if options.run.isolation == "vm":
+        if options.run.guest.isolation == "vm" and options.run.guest.command is None:
             from ..vm.image import build_image
 
             build_image("debian", reporter=_QuietReporter())  # a cache hit after the first

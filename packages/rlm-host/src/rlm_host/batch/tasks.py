@@ -9,20 +9,19 @@ optional ``options`` that override the batch's run options for this task (``PER_
     {"id": "paper-7", "file": "papers/7.pdf", "options": {"max_steps": 30}}
 
 >>> task = parse_task('{"id": 1, "text": "hello", "options": {"max_steps": 3}}')
->>> task.key, task.run_options(RunOptions()).max_steps
+>>> task.key, task.run_options(RunOptions()).limits.max_steps
 ('1', 3)
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from ..api import RunOptions
+from ..options import RunOptions
 from ..engine import paper_brief_task
 from ..pdf import is_pdf, pdf_text
 
@@ -73,8 +72,7 @@ class Task(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if not self.options:
             return base
         try:
-            options = dataclasses.replace(base, **self.options)
-            options.limits()  # checks the values (steps >= 1, ...)
+            options = base.replace(**self.options)  # Limits checks the values (steps >= 1, ...)
         except (TypeError, ValueError) as error:
             raise TaskError(f"task {self.key!r}: bad options: {error}") from error
         return options

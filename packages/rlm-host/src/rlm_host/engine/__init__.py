@@ -14,7 +14,10 @@ from .prompts import (
     smoke_task,
     system_prompt,
 )
-from .rlm import MAX_STEPS_ANSWER, Replay, RlmEngine, RlmOutcome, RootRlm
+from .replay import Replay
+from .rlm import RlmEngine
+from .start import Soon
+from .state import MAX_STEPS_ANSWER, RlmOutcome, RlmState
 
 __all__ = [
     "BudgetExhausted",
@@ -28,8 +31,9 @@ __all__ = [
     "Replay",
     "RlmEngine",
     "RlmOutcome",
-    "RootRlm",
+    "RlmState",
     "RunMeter",
+    "Soon",
     "StopReason",
     "child_steps",
     "first_block",

@@ -4,6 +4,9 @@ Each check drives a guest through a :class:`~.probe.Probe` and raises ``CheckFai
 message saying what the guest did wrong, or ``Skip`` when the guest did not advertise the
 capability the check needs. Sample code is Python or POSIX shell: a check that is not about one language uses whichever the
 guest runs (``samples.py``), so a bash-only guest is certified for what it advertises.
+
+Over 400 lines on purpose: a catalogue of independent checks, each read on its own; the checks
+of sessions, prompt references, the bash REPL and the wire already have modules of their own.
 """
 
 from __future__ import annotations
