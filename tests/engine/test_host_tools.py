@@ -79,7 +79,7 @@ async def test_tool_results_and_failures_in_the_guest(trajectory: Path) -> None:
 
     (request,) = server.requests()
     assert request.system is not None
-    assert "`search_docs(query: str, k: int = 2) -> list[test_host_tools.Doc]`: Search the documentation" in request.system
+    assert f"`search_docs(query: str, k: int = 2) -> list[{__name__}.Doc]`: Search the documentation" in request.system
     assert "More text" not in request.system
     events = read_trajectory(trajectory)
     calls = [e for e in events if isinstance(e, ToolCall)]
