@@ -84,3 +84,47 @@ def test_thread_waits_reads_this_process() -> None:
     """The real source of the figures: this process's threads, from /proc."""
     waits = thread_waits(os.getpid())
     assert os.getpid() in waits and all(wait >= 0 for wait in waits.values())
+
+
+async def test_a_starved_guest_confirms_its_interrupt_before_the_session_is_used_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cancelled block waits for the guest's interrupt confirmation, not counting time the
+    guest waited for a host CPU (as the hung verdict does).
+
+    Before, the wait was 5 s of wall-clock time: on a loaded host a guest still killing a fork
+    bomb answered later, and the next block in the session was refused with ``session_busy``.
+    """
+    monkeypatch.setattr(rlm_host.session, "INTERRUPT_CONFIRM_SECONDS", 0.5)
+    async with open_local_guest() as stream:
+        stopped_at: list[float] = []
+        resumed: list[bool] = []
+
+        def all_starved() -> dict[int, float]:
+            return {1: (trio.current_time() - stopped_at[0]) if stopped_at else 0.0}
+
+        async with GuestConnection.open(stream, cpu_waits=all_starved) as connection:
+            session = await connection.open_session()
+            assert (await session.exec("x = 1")).error is None
+
+            async def stop_then_resume() -> None:
+                await trio.sleep(0.5)  # the block is running by then, or its Exec is queued
+                os.kill(stream.process.pid, signal.SIGSTOP)
+                stopped_at.append(trio.current_time())
+                await trio.sleep(1.5)  # three times the confirmation's bound
+                resumed.append(True)
+                os.kill(stream.process.pid, signal.SIGCONT)
+
+            try:
+                with trio.fail_after(60):  # a guard against the hang itself
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(stop_then_resume)
+                        with trio.move_on_after(1.0):
+                            await session.exec("while True: pass")
+                        # The cancellation returned only once the guest had answered.
+                        assert resumed == [True]
+                result = await session.exec("print(x)")
+            finally:
+                os.kill(stream.process.pid, signal.SIGCONT)
+            assert result.stdout.text == "1\n"
+            assert not connection.closed
