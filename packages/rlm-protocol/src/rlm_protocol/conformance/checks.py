@@ -88,9 +88,6 @@ class Check:
         return doc.splitlines()[0] if doc else ""
 
 
-_fail_unless = fail_unless
-
-
 # --- handshake ---------------------------------------------------------------------------------
 
 
@@ -98,27 +95,27 @@ def handshake(peer: GuestPeer, timeout: float) -> None:
     """Hello comes first, with a compatible version, known shapes and sane limits."""
     started = time.monotonic()
     hello = receive_hello(peer, timeout)
-    _fail_unless(
+    fail_unless(
         hello.protocol[0] == PROTOCOL_MAJOR,
         f"Hello.protocol is {hello.protocol}, the kit speaks major {PROTOCOL_MAJOR}",
     )
-    _fail_unless(bool(hello.agent), "Hello.agent is empty")
+    fail_unless(bool(hello.agent), "Hello.agent is empty")
     limits = hello.limits
     # The host sends prompts of several MiB; below 64 KiB a guest could not take a real one.
-    _fail_unless(
+    fail_unless(
         limits.max_frame_bytes >= 65536,
         f"Hello.limits.max_frame_bytes is {limits.max_frame_bytes}; at least 65536 is needed",
     )
     # The model is shown an 800-character prefix of each stream; a smaller cap hides part of it.
-    _fail_unless(
+    fail_unless(
         limits.max_output_chars >= 800,
         f"Hello.limits.max_output_chars is {limits.max_output_chars}; at least 800 is needed",
     )
-    _fail_unless(
+    fail_unless(
         limits.max_sessions >= 2,
         f"Hello.limits.max_sessions is {limits.max_sessions}; a host needs at least 2 (a child RLM)",
     )
-    _fail_unless(
+    fail_unless(
         len(set(hello.capabilities)) == len(hello.capabilities),
         f"Hello.capabilities repeats entries: {hello.capabilities}",
     )
@@ -176,10 +173,10 @@ def welcome_other_major(peer: GuestPeer, timeout: float) -> None:
             )
         elif not isinstance(frame, ErrorFrame):
             raise CheckFailed(f"expected the refusal, got {describe(frame)}")
-    _fail_unless(refusal.code == "bad_request", f"the refusal has code {refusal.code!r}, not bad_request")
+    fail_unless(refusal.code == "bad_request", f"the refusal has code {refusal.code!r}, not bad_request")
     theirs = f"{other[0]}.{other[1]}"
     ours = f"{hello.protocol[0]}.{hello.protocol[1]}"
-    _fail_unless(
+    fail_unless(
         theirs in refusal.message and ours in refusal.message,
         f"the refusal must name both versions ({theirs} and {ours}): {refusal.message!r}",
     )
@@ -224,14 +221,14 @@ def session_isolation(probe: Probe) -> None:
     first, second = probe.open_session("iso"), probe.open_session("iso")
     probe.exec_ok(first, s.assign("x", "first"), language=s.language)
     result = probe.exec(second, s.show("x"), language=s.language)
-    _fail_unless(
+    fail_unless(
         "first" not in result.stdout.text
         and (result.error is not None or bool(result.returncode)),
         f"a variable of session {first!r} is visible in {second!r}: {describe(result)}",
     )
     probe.exec_ok(second, s.assign("x", "second"), language=s.language)
     shown = probe.exec_ok(first, s.show("x"), language=s.language).stdout.text
-    _fail_unless(shown == "first\n", f"session {second!r} overwrote {first!r}'s x: {shown!r}")
+    fail_unless(shown == "first\n", f"session {second!r} overwrote {first!r}'s x: {shown!r}")
     probe.close_session(first)
     probe.close_session(second)
 
@@ -243,14 +240,14 @@ def sessions_run_concurrently(probe: Probe) -> None:
     held_call = probe.link.new_call()
     probe.send(Exec(session=held, call=held_call, code=s.host_call("hold"), language=s.language))
     host_call = probe.receive("the HostCall of the held block")
-    _fail_unless(isinstance(host_call, HostCall), f"expected a HostCall, got {describe(host_call)}")
+    fail_unless(isinstance(host_call, HostCall), f"expected a HostCall, got {describe(host_call)}")
     assert isinstance(host_call, HostCall)
     shown = probe.exec_ok(other, s.alive(), language=s.language).stdout.text
-    _fail_unless(shown == "alive\n", f"the other session printed {shown!r}")
+    fail_unless(shown == "alive\n", f"the other session printed {shown!r}")
     probe.send(HostCallReply(session=held, call=host_call.call, value="released"))
     result = probe.expect(ExecResult, held_call, "the held Exec")
     expected = "released\n" if s.language == "python" else '"released"\n'
-    _fail_unless(result.stdout.text == expected, f"the held block printed {result.stdout.text!r}")
+    fail_unless(result.stdout.text == expected, f"the held block printed {result.stdout.text!r}")
     probe.close_session(held)
     probe.close_session(other)
 
@@ -260,9 +257,9 @@ def state_persists(probe: Probe) -> None:
     s = probe.repl_samples
     session = probe.open_session("state")
     first = probe.exec_ok(session, s.assign("counter", "41"), language=s.language)
-    _fail_unless("counter" in first.state.names, f"state after a binding: {first.state}")
+    fail_unless("counter" in first.state.names, f"state after a binding: {first.state}")
     shown = probe.exec_ok(session, s.show("counter"), language=s.language).stdout.text
-    _fail_unless(shown == "41\n", f"the second block printed {shown!r}, not '41\\n'")
+    fail_unless(shown == "41\n", f"the second block printed {shown!r}, not '41\\n'")
     probe.close_session(session)
 
 
@@ -276,10 +273,10 @@ def exec_python_streams(probe: Probe) -> None:
         session,
         "import sys\nprint('out')\nsys.stdout.write('written')\nprint('err', file=sys.stderr)",
     )
-    _fail_unless(result.stdout.text == "out\nwritten", f"stdout is {result.stdout.text!r}")
-    _fail_unless(result.stderr.text == "err\n", f"stderr is {result.stderr.text!r}")
-    _fail_unless(result.returncode is None, f"a Python block has returncode {result.returncode}")
-    _fail_unless(not result.interrupted, "a block that ended by itself is marked interrupted")
+    fail_unless(result.stdout.text == "out\nwritten", f"stdout is {result.stdout.text!r}")
+    fail_unless(result.stderr.text == "err\n", f"stderr is {result.stderr.text!r}")
+    fail_unless(result.returncode is None, f"a Python block has returncode {result.returncode}")
+    fail_unless(not result.interrupted, "a block that ended by itself is marked interrupted")
     probe.close_session(session)
 
 
@@ -288,20 +285,20 @@ def exec_python_error(probe: Probe) -> None:
     session = probe.open_session("pyerr")
     result = probe.exec(session, "print('before')\nraise ValueError('boom')")
     error = result.error
-    _fail_unless(error is not None, f"a raising block has no error: {describe(result)}")
+    fail_unless(error is not None, f"a raising block has no error: {describe(result)}")
     assert error is not None
-    _fail_unless(error.name == "ValueError", f"error.name is {error.name!r}, not 'ValueError'")
-    _fail_unless(error.value == "boom", f"error.value is {error.value!r}, not 'boom'")
+    fail_unless(error.name == "ValueError", f"error.name is {error.name!r}, not 'ValueError'")
+    fail_unless(error.value == "boom", f"error.value is {error.value!r}, not 'boom'")
     last = error.traceback.rstrip("\n").rsplit("\n", 1)[-1]
-    _fail_unless(
+    fail_unless(
         last == "ValueError: boom",
         f"the traceback's last line is {last!r}, not 'ValueError: boom' (PROTOCOL.md 3.3)",
     )
-    _fail_unless(
+    fail_unless(
         error.traceback in result.stderr.text,
         f"the traceback is not written to stderr: {result.stderr.text!r}",
     )
-    _fail_unless(result.stdout.text == "before\n", f"stdout is {result.stdout.text!r}")
+    fail_unless(result.stdout.text == "before\n", f"stdout is {result.stdout.text!r}")
     # The session survives an exception.
     probe.exec_ok(session, "print('after')")
     probe.close_session(session)
@@ -311,12 +308,12 @@ def exec_bash(probe: Probe) -> None:
     """A bash block reports its exit status and both streams."""
     session = probe.open_session("sh")
     result = probe.exec(session, "echo out; echo err >&2; exit 3", language="bash")
-    _fail_unless(result.returncode == 3, f"returncode is {result.returncode}, not 3")
-    _fail_unless(result.stdout.text == "out\n", f"stdout is {result.stdout.text!r}")
-    _fail_unless(result.stderr.text == "err\n", f"stderr is {result.stderr.text!r}")
-    _fail_unless(result.error is None, f"a bash block has a Python error: {result.error}")
+    fail_unless(result.returncode == 3, f"returncode is {result.returncode}, not 3")
+    fail_unless(result.stdout.text == "out\n", f"stdout is {result.stdout.text!r}")
+    fail_unless(result.stderr.text == "err\n", f"stderr is {result.stderr.text!r}")
+    fail_unless(result.error is None, f"a bash block has a Python error: {result.error}")
     ok = probe.exec(session, "true", language="bash")
-    _fail_unless(ok.returncode == 0, f"`true` has returncode {ok.returncode}")
+    fail_unless(ok.returncode == 0, f"`true` has returncode {ok.returncode}")
     probe.close_session(session)
 
 
@@ -328,18 +325,18 @@ def metadata(probe: Probe) -> None:
     for text in ("a\nbb\n\u00e9\u20ac\U0001f600", "a\n", "a"):
         result = probe.exec_ok(session, s.write(text), language=s.language)
         out = result.stdout
-        _fail_unless(out.text == text, f"stdout.text is {out.text!r}, not {text!r}")
-        _fail_unless(
+        fail_unless(out.text == text, f"stdout.text is {out.text!r}, not {text!r}")
+        fail_unless(
             out.chars == len(text),
             f"stdout.chars is {out.chars} for {text!r}; it must be {len(text)}",
         )
-        _fail_unless(
+        fail_unless(
             out.lines == count_lines(text),
             f"stdout.lines is {out.lines} for {text!r}; it must be {count_lines(text)}",
         )
     empty = probe.exec_ok(session, "pass" if s.language == "python" else "true", language=s.language)
     for name, captured in (("stdout", empty.stdout), ("stderr", empty.stderr)):
-        _fail_unless(
+        fail_unless(
             (captured.text, captured.chars, captured.lines) == ("", 0, 0),
             f"an empty {name} is reported as {captured}",
         )
@@ -356,17 +353,17 @@ def output_cap(probe: Probe) -> None:
     session = probe.open_session("cap")
     result = probe.exec_ok(session, s.write_many(size), language=s.language)
     out = result.stdout
-    _fail_unless(
+    fail_unless(
         len(out.text) <= limit,
         f"stdout.text has {len(out.text)} characters, over the announced limit of {limit}",
     )
-    _fail_unless(out.text == "x" * len(out.text), "the kept stdout is not a prefix of the output")
-    _fail_unless(
+    fail_unless(out.text == "x" * len(out.text), "the kept stdout is not a prefix of the output")
+    fail_unless(
         out.chars == size,
         f"stdout.chars is {out.chars}; the block wrote {size} (the true size must be reported)",
     )
-    _fail_unless(out.cut, "stdout is not marked as cut (chars must exceed len(text))")
-    _fail_unless(result.stderr.text == "", f"stderr is {result.stderr.text!r}")
+    fail_unless(out.cut, "stdout is not marked as cut (chars must exceed len(text))")
+    fail_unless(result.stderr.text == "", f"stderr is {result.stderr.text!r}")
     probe.close_session(session)
 
 
@@ -385,12 +382,12 @@ def host_call_roundtrip(probe: Probe) -> None:
     result = probe.exec_ok(
         session, "r = host_call('echo', {'n': [1, 2]})\nprint(r['got']['n'])", serve=serve
     )
-    _fail_unless(len(seen) == 1, f"expected one HostCall, got {len(seen)}")
+    fail_unless(len(seen) == 1, f"expected one HostCall, got {len(seen)}")
     call = seen[0]
-    _fail_unless(call.session == session, f"HostCall names session {call.session!r}")
-    _fail_unless(call.method == "echo", f"HostCall.method is {call.method!r}, not 'echo'")
-    _fail_unless(call.payload == {"n": [1, 2]}, f"HostCall.payload is {call.payload!r}")
-    _fail_unless(result.stdout.text == "[1, 2]\n", f"the block printed {result.stdout.text!r}")
+    fail_unless(call.session == session, f"HostCall names session {call.session!r}")
+    fail_unless(call.method == "echo", f"HostCall.method is {call.method!r}, not 'echo'")
+    fail_unless(call.payload == {"n": [1, 2]}, f"HostCall.payload is {call.payload!r}")
+    fail_unless(result.stdout.text == "[1, 2]\n", f"the block printed {result.stdout.text!r}")
 
     def refuse(call: HostCall) -> None:
         probe.send(
@@ -400,9 +397,9 @@ def host_call_roundtrip(probe: Probe) -> None:
         )
 
     failed = probe.exec(session, "host_call('echo', {})", serve=refuse)
-    _fail_unless(failed.error is not None, "an error reply did not raise in the block")
+    fail_unless(failed.error is not None, "an error reply did not raise in the block")
     assert failed.error is not None
-    _fail_unless(
+    fail_unless(
         "Refused: no budget" in failed.error.value,
         f"the raised error should read 'Refused: no budget', got {failed.error.value!r}",
     )
@@ -420,7 +417,7 @@ def host_calls_out_of_order(probe: Probe) -> None:
     calls: list[HostCall] = []
     while len(calls) < len(prompts):
         frame = probe.receive(f"HostCall {len(calls) + 1} of {len(prompts)}")
-        _fail_unless(
+        fail_unless(
             isinstance(frame, HostCall),
             f"expected {len(prompts)} HostCalls before any reply, got {describe(frame)} after "
             f"{len(calls)}",
@@ -428,10 +425,10 @@ def host_calls_out_of_order(probe: Probe) -> None:
         assert isinstance(frame, HostCall)
         calls.append(frame)
     ids = [c.call for c in calls]
-    _fail_unless(len(set(ids)) == len(ids), f"host call ids repeat: {ids}")
+    fail_unless(len(set(ids)) == len(ids), f"host call ids repeat: {ids}")
     got_prompts = sorted(str(c.payload.get("prompt")) for c in calls)
-    _fail_unless(got_prompts == prompts, f"the HostCalls carry prompts {got_prompts}")
-    _fail_unless(
+    fail_unless(got_prompts == prompts, f"the HostCalls carry prompts {got_prompts}")
+    fail_unless(
         all(c.method == "llm_query" for c in calls),
         f"methods are {[c.method for c in calls]}, not llm_query",
     )
@@ -442,7 +439,7 @@ def host_calls_out_of_order(probe: Probe) -> None:
         )
     result = probe.expect(ExecResult, call, "the batched Exec")
     expected = repr([f"answer to {p}" for p in prompts]) + "\n"
-    _fail_unless(
+    fail_unless(
         result.stdout.text == expected,
         "replies answered in reverse order were routed wrongly: the block printed "
         f"{result.stdout.text!r}, expected {expected!r}",
@@ -454,19 +451,19 @@ def set_vars_unsets_final(probe: Probe) -> None:
     """SetVars binds variables and unsets Final."""
     session = probe.open_session("vars")
     result = probe.exec_ok(session, "Final = 'done'")
-    _fail_unless(
+    fail_unless(
         result.final is not None and result.final.ok and result.final.value == "done",
         f"Final = 'done' is reported as {result.final}",
     )
     call = probe.link.new_call()
     probe.send(SetVars(session=session, call=call, values={"context": "abc", "n": [1, 2]}))
     state = probe.expect(VarsSet, call, "SetVars").state
-    _fail_unless(
+    fail_unless(
         {"context", "n"} <= set(state.names), f"VarsSet.state does not list the variables: {state}"
     )
     after = probe.exec_ok(session, "print(context, n)")
-    _fail_unless(after.stdout.text == "abc [1, 2]\n", f"the block printed {after.stdout.text!r}")
-    _fail_unless(after.final is None, f"Final survived SetVars: {after.final}")
+    fail_unless(after.stdout.text == "abc [1, 2]\n", f"the block printed {after.stdout.text!r}")
+    fail_unless(after.final is None, f"Final survived SetVars: {after.final}")
     probe.close_session(session)
 
 
@@ -474,12 +471,12 @@ def final_json(probe: Probe) -> None:
     """A JSON Final is returned as a value; a non-JSON or too-big Final is reported, not fatal."""
     session = probe.open_session("final")
     good = probe.exec_ok(session, "Final = {'a': [1, 2], 'b': None}")
-    _fail_unless(
+    fail_unless(
         good.final is not None and good.final.ok and good.final.value == {"a": [1, 2], "b": None},
         f"a JSON Final is reported as {good.final}",
     )
     long = probe.exec_ok(session, "Final = 'x' * 1000")
-    _fail_unless(
+    fail_unless(
         long.final is not None and long.final.ok and len(long.final.repr) <= 200,
         f"FinalValue.repr has {len(long.final.repr) if long.final else '?'} characters; at most 200",
     )
@@ -488,16 +485,16 @@ def final_json(probe: Probe) -> None:
         ("Final = 2 ** 70", "a Final holding an integer beyond 64 bits"),
     ):
         bad = probe.exec(session, code)
-        _fail_unless(
+        fail_unless(
             not bad.session_reset and bad.error is None,
             f"{what} broke the session: {describe(bad)}",
         )
-        _fail_unless(
+        fail_unless(
             bad.final is not None and not bad.final.ok and bool(bad.final.error),
             f"{what} must be ok=false with an error, got {bad.final}",
         )
         assert bad.final is not None
-        _fail_unless(
+        fail_unless(
             bad.final.value is None,
             f"{what}: a FinalValue with ok=false carries value {bad.final.value!r}; it must be absent",
         )
@@ -514,8 +511,8 @@ def _expect_stopped(probe: Probe, call: int, what: str, started: float, budget: 
     except CheckFailed as error:
         raise CheckFailed(f"{what} did not stop within {budget:.1f} s: {error}") from None
     took = time.monotonic() - started
-    _fail_unless(result.interrupted, f"{what} ended without interrupted=true: {describe(result)}")
-    _fail_unless(took <= budget, f"{what} took {took:.1f} s to stop (at most {budget:.1f} s)")
+    fail_unless(result.interrupted, f"{what} ended without interrupted=true: {describe(result)}")
+    fail_unless(took <= budget, f"{what} took {took:.1f} s to stop (at most {budget:.1f} s)")
     return result
 
 
@@ -530,19 +527,19 @@ def _interrupt(probe: Probe, s: Samples) -> ExecResult:
     probe.send(Interrupt(session=session))
     what = f"the interrupted {s.language} block"
     result = _expect_stopped(probe, call, what, started, STOP_SECONDS)
-    _fail_unless(not result.session_reset, f"{what} that stopped at once reset the session")
-    _fail_unless(
+    fail_unless(not result.session_reset, f"{what} that stopped at once reset the session")
+    fail_unless(
         result.stdout.text == "before",
         f"{what} lost the output written before the interrupt: stdout is {result.stdout.text!r}",
     )
     if s.language == "python":
-        _fail_unless(
+        fail_unless(
             result.error is not None and result.error.name == "KeyboardInterrupt",
             f"{what} must report an error named KeyboardInterrupt, got {result.error}",
         )
     else:
-        _fail_unless(result.error is None, f"{what} has an error: {result.error}")
-        _fail_unless(
+        fail_unless(result.error is None, f"{what} has an error: {result.error}")
+        fail_unless(
             result.returncode is not None and result.returncode != 0,
             f"{what} has returncode {result.returncode}: the killed shell's status is non-zero",
         )
@@ -550,7 +547,7 @@ def _interrupt(probe: Probe, s: Samples) -> ExecResult:
     probe.exec_ok(session, s.alive(), language=s.language)
     if s.language == "python" or probe.has("repl.bash"):
         shown = probe.exec_ok(session, s.show("kept"), language=s.language).stdout.text
-        _fail_unless(shown == "yes\n", f"an interrupt without a reset lost the session's state: {shown!r}")
+        fail_unless(shown == "yes\n", f"an interrupt without a reset lost the session's state: {shown!r}")
     probe.close_session(session)
     return result
 
@@ -599,12 +596,12 @@ def session_busy(probe: Probe) -> None:
             raise CheckFailed(f"unexpected {describe(frame)}")
         replies[call] = frame
     refused = replies[second]
-    _fail_unless(
+    fail_unless(
         isinstance(refused, ErrorFrame) and refused.code == "session_busy",
         f"the second Exec must fail with session_busy, got {describe(refused)}",
     )
     done = replies[first]
-    _fail_unless(
+    fail_unless(
         isinstance(done, ExecResult) and done.stdout.text == "one\n",
         f"the first Exec must finish normally, got {describe(done)}",
     )
@@ -625,16 +622,16 @@ def unsupported_language(probe: Probe) -> None:
             {"kind": "exec", "session": session, "call": call, "code": "x", "language": language}
         )
         frame = probe.receive(f"the ErrorFrame for language {language!r}")
-        _fail_unless(
+        fail_unless(
             isinstance(frame, ErrorFrame) and frame.code == "unsupported",
             f"Exec in {language!r}, which the guest does not advertise, must fail with "
             f"unsupported, got {describe(frame)}",
         )
         assert isinstance(frame, ErrorFrame)
-        _fail_unless(frame.call == call, f"the ErrorFrame names call {frame.call}, not {call}")
+        fail_unless(frame.call == call, f"the ErrorFrame names call {frame.call}, not {call}")
     # The session survives: an unknown language is one failed request, not a broken stream.
     result = probe.exec_ok(session, s.alive(), language=s.language)
-    _fail_unless(result.stdout.text == "alive\n", f"the block printed {result.stdout.text!r}")
+    fail_unless(result.stdout.text == "alive\n", f"the block printed {result.stdout.text!r}")
     probe.close_session(session)
 
 
@@ -644,7 +641,7 @@ def unknown_frame_ignored(probe: Probe) -> None:
     session = probe.open_session("future")
     probe.send_map({"kind": "teleport", "session": session, "call": 9_999_999, "to": [1, 2]})
     result = probe.exec_ok(session, s.alive(), language=s.language)
-    _fail_unless(result.stdout.text == "alive\n", f"the block printed {result.stdout.text!r}")
+    fail_unless(result.stdout.text == "alive\n", f"the block printed {result.stdout.text!r}")
     probe.close_session(session)
 
 
@@ -667,7 +664,7 @@ def unknown_fields_ignored(probe: Probe) -> None:
         }
     )
     result = probe.expect(ExecResult, call, "Exec with an extra field")
-    _fail_unless(result.stdout.text == "alive\n", f"the block printed {result.stdout.text!r}")
+    fail_unless(result.stdout.text == "alive\n", f"the block printed {result.stdout.text!r}")
     probe.close_session(session)
 
 
@@ -675,7 +672,7 @@ def shutdown(probe: Probe) -> None:
     """Shutdown is answered by Bye as the last frame, and the guest exits with status 0."""
     probe.send(Shutdown())
     frame = probe.receive("Bye")
-    _fail_unless(isinstance(frame, Bye), f"Shutdown must be answered with Bye, got {describe(frame)}")
+    fail_unless(isinstance(frame, Bye), f"Shutdown must be answered with Bye, got {describe(frame)}")
     expect_exit(probe.peer, probe.deadline, "after Bye", zero=True)
 
 
