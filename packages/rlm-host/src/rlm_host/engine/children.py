@@ -34,6 +34,7 @@ from ..tools import HostTool, UnknownTool, args_sha256
 from ..trajectory import ChildEnd, ChildStart, TrajectoryRecorder
 from ..trajectory import ToolCall as ToolCallEvent
 from .budget import BudgetExhausted, Limits, child_steps
+from .held_closes import HeldCloses
 from .recording import ModelCalls
 from .state import MAX_STEPS_ANSWER, RlmOutcome
 
@@ -49,10 +50,15 @@ class Parent:
     max_steps: int
     model: str | None
     tools: tuple[HostTool, ...]
+    #: Where its children's sessions wait to be closed until its block ends (its RLM's).
+    held: HeldCloses | None = None
 
 
-#: Runs a child RLM to its outcome: (prompt, rlm id, depth, max_steps, model, tools).
-Solve = Callable[[str | PromptRef, str, int, int, str | None, tuple[HostTool, ...]], Awaitable[RlmOutcome]]
+#: Runs a child RLM to its outcome: (prompt, rlm id, depth, max_steps, model, tools, where
+#: its session waits to be closed).
+Solve = Callable[
+    [str | PromptRef, str, int, int, str | None, tuple[HostTool, ...], HeldCloses | None], Awaitable[RlmOutcome]
+]
 
 
 def _sha256(text: str) -> str:
@@ -113,7 +119,7 @@ class Children:
         return await self._child(
             request.prompt, rlm=child, parent=parent.id, depth=parent.depth + 1, method=method, leaf=leaf,
             max_steps=child_steps(parent.max_steps), model=model,
-            tools=tuple(tool for tool in parent.tools if tool.children),
+            tools=tuple(tool for tool in parent.tools if tool.children), held=parent.held,
         )
 
     async def _tool_call(self, request: ToolCall, parent: Parent) -> Any:
@@ -157,6 +163,7 @@ class Children:
         max_steps: int,
         model: str | None,
         tools: tuple[HostTool, ...],
+        held: HeldCloses | None,
     ) -> str:
         """Run a child and always return a string to the parent's code.
 
@@ -188,7 +195,7 @@ class Children:
                 )
                 answer = reply.content
             else:
-                outcome = await self._solve(prompt, rlm, depth, max_steps, model, tools)
+                outcome = await self._solve(prompt, rlm, depth, max_steps, model, tools, held)
                 stop_reason = outcome.stop_reason
                 if outcome.answer is not None:
                     answer = outcome.answer

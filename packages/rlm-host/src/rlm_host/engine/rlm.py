@@ -41,6 +41,7 @@ from ..tools import HostTool, stub_code, tools_prompt
 from ..trajectory import EngineError, TrajectoryRecorder
 from .budget import Limits, RunMeter
 from .children import Children, Parent
+from .held_closes import HeldCloses
 from .prompts import DEFAULT_TOOLS, metadata_message, models_prompt, system_prompt
 from .recording import ModelCalls
 from .replay import Replay
@@ -137,7 +138,7 @@ class RlmEngine:
 
     def _root(self, prompt: str, answer_type: Any) -> tuple[RlmState, Parent]:
         root = self._new_rlm(prompt, rlm="0", depth=0, model=None, tools=self.host_tools, answer_type=answer_type)
-        return root, Parent("0", 0, self.limits.max_steps, None, self.host_tools)
+        return root, Parent("0", 0, self.limits.max_steps, None, self.host_tools, root.held_closes)
 
     async def run(self, prompt: str, *, answer_type: Any = None) -> RlmOutcome:
         """Run the root RLM on ``prompt`` until ``Final`` or a budget; see ``RlmOutcome``.
@@ -151,8 +152,7 @@ class RlmEngine:
         """
         root, parent = self._root(prompt, answer_type)
         return await self._overlapped(
-            root, self.children.handler(parent), lambda: self.ask(root, answer_type=answer_type),
-            close_later=False,
+            root, self.children.handler(parent), lambda: self.ask(root, answer_type=answer_type), held=None
         )
 
     async def open_root(
@@ -285,15 +285,18 @@ class RlmEngine:
         handler: HostCallHandler,
         steps: Callable[[], Awaitable[RlmOutcome]],
         *,
-        close_later: bool,
+        held: HeldCloses | None,
     ) -> RlmOutcome:
         """Run ``steps`` while the session opens beside it, in the RLM's own nursery; close it
-        at the end (a child's without waiting for the guest: its answer need not wait for the
-        teardown). A failed opening is recorded and raised."""
+        at the end (a child's when its parent's block ends, in ``held``, without waiting for
+        the guest: its answer need not wait for the teardown). A failed opening is recorded
+        and raised."""
 
         async def close() -> None:
             session = state.opening.value
-            if not (close_later and session is not None and session.close_later()):
+            if held is not None and session is not None:
+                await held.hold(session)
+            else:
                 await self.close(state)
 
         try:
@@ -319,10 +322,12 @@ class RlmEngine:
         max_steps: int,
         model: str | None,
         tools: tuple[HostTool, ...],
+        held: HeldCloses | None,
     ) -> RlmOutcome:
-        """A child RLM, from its first model request to its end; its state lives here only."""
+        """A child RLM, from its first model request to its end; its state lives here only.
+        Its session is closed through ``held`` (its parent's)."""
         state = self._new_rlm(prompt, rlm=rlm, depth=depth, model=model, tools=tools)
-        handler = self.children.handler(Parent(rlm, depth, max_steps, model, tools))
+        handler = self.children.handler(Parent(rlm, depth, max_steps, model, tools, state.held_closes))
         return await self._overlapped(
-            state, handler, lambda: self.steps.guarded(state, max_steps, None), close_later=True
+            state, handler, lambda: self.steps.guarded(state, max_steps, None), held=held or HeldCloses(limit=0)
         )

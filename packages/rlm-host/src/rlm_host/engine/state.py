@@ -9,6 +9,7 @@ from ..llm.messages import ChatMessage
 from ..session import Session
 from ..tools import HostTool
 from .budget import StopReason
+from .held_closes import HeldCloses
 from .start import Soon
 
 __all__ = ["MAX_STEPS_ANSWER", "RlmOutcome", "RlmState"]
@@ -68,6 +69,8 @@ class RlmState:
     #: Prompt tokens the server counted for the last answered request, and the history length
     #: then (``None`` after the history was replaced).
     prompt_count: tuple[int, int] | None = None
+    #: Its finished children's sessions, closed when its block ends (``engine.held_closes``).
+    held_closes: HeldCloses = field(default_factory=HeldCloses)
 
     @property
     def session(self) -> Session:

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import msgspec
+import trio
 
 from ..llm.errors import ContextLengthExceeded
 from ..llm.messages import ChatMessage, ChatReply
@@ -122,7 +123,13 @@ class StepLoop:
             )
             # The first block may come before the session has opened (``engine.start``).
             session = await state.opening.wait()
-            result = await session.exec(block.code, block.language, timeout=self.exec_timeout)
+            try:
+                result = await session.exec(block.code, block.language, timeout=self.exec_timeout)
+            finally:
+                # The children this block made are done: their sessions close while the
+                # next model request is out (``engine.held_closes``).
+                with trio.CancelScope(shield=True):
+                    await state.held_closes.release()
             if result.session_reset:
                 await self._prepare(state, session)
             final = result.final
