@@ -1,11 +1,12 @@
 """A/B of the engine's host-side changes on one warm VM, the two arms alternated in one process.
 
-``python -m bench.engine_ab [ROUNDS]``: each round runs, in turn for arm A (before) and arm B
+``python -m bench.engine_ab [ROUNDS]``: each round runs, in turn for arms A (before), B and C
 (after), the bench's 8 batched children at 1 s model latency (the root's gap around the block
 that makes them) and 20 root steps with no model latency (host time per step, with its parts
 from the trajectory and the scripted server's log on one clock). Arm A closes each finished
 child's session at once (``HELD_CLOSES = 0``, the code before); arm B holds the closes until the
-parent's block has ended (``rlm_host.engine.held_closes``). Alternating on one VM puts both arms
+parent's block has ended (``rlm_host.engine.held_closes``); arm C also opens each child's session
+once its parent's burst of host calls has gone quiet (``rlm_host.engine.call_burst``). Alternating on one VM puts both arms
 under the same load, which on a shared 2-core TCG machine moves absolute times 2-3x.
 """
 
@@ -22,7 +23,7 @@ import trio
 
 from rlm_host.api import run_rlm
 from rlm_host.connection import GuestConnection
-from rlm_host.engine import held_closes
+from rlm_host.engine import call_burst, held_closes
 from rlm_host.trajectory import read_trajectory
 from rlm_host.vm.connect import prepare_vm_config
 from rlm_host.vm.qemu import open_vm
@@ -35,7 +36,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tests.scripted_model import ScriptedModel  # noqa: E402
 
-ARMS = {"A": 0, "B": held_closes.HELD_CLOSES}
+#: Per arm: (sessions held per parent, seconds a child's open waits for its parent to go quiet).
+ARMS = {
+    "A": (0, 0.0),
+    "B": (held_closes.HELD_CLOSES, 0.0),
+    "C": (held_closes.HELD_CLOSES, call_burst.QUIET_SECONDS),
+}
+
+
+def _arm(arm: str) -> None:
+    held_closes.HELD_CLOSES, call_burst.QUIET_SECONDS = ARMS[arm]  # type: ignore[misc]
 
 
 async def _children(conn: GuestConnection, prompt: str, tmp: Path) -> float:
@@ -85,12 +95,12 @@ async def main(rounds: int) -> dict[str, Any]:
     ) as conn:
         for i in range(rounds):
             # Both orders, so that neither arm always runs right after the other's closes.
-            for arm in ("AB" if i % 2 == 0 else "BA"):
-                held_closes.HELD_CLOSES = ARMS[arm]  # type: ignore[misc]
+            for arm in ("ABC" if i % 2 == 0 else "CBA"):
+                _arm(arm)
                 children[arm].append(await _children(conn, prompt, tmp))
                 steps[arm] += await _steps(conn, prompt, tmp)
             print(f"round {i}: children " + " ".join(f"{a} {children[a][-1]:.3f}" for a in ARMS), flush=True)
-    held_closes.HELD_CLOSES = ARMS["B"]  # type: ignore[misc]
+    _arm("C")
     out: dict[str, Any] = {}
     for arm in ARMS:
         gap, receive, exec_, send = (list(column) for column in zip(*steps[arm]))
@@ -100,8 +110,11 @@ async def main(rounds: int) -> dict[str, Any]:
             "step_gap_ms": _ms(gap), "step_receive_ms": _ms(receive), "step_exec_ms": _ms(exec_),
             "step_send_ms": _ms(send), "step_n": len(gap),
         }
-    out["B_over_A"] = {"children_8": round(out["B"]["children_8_median_s"] / out["A"]["children_8_median_s"], 3),
-                       "step_gap": round(out["B"]["step_gap_ms"] / out["A"]["step_gap_ms"], 3)}
+    for arm in ("B", "C"):
+        out[f"{arm}_over_A"] = {
+            "children_8": round(out[arm]["children_8_median_s"] / out["A"]["children_8_median_s"], 3),
+            "step_gap": round(out[arm]["step_gap_ms"] / out["A"]["step_gap_ms"], 3),
+        }
     return out
 
 
