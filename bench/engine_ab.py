@@ -1,13 +1,15 @@
-"""A/B of the engine's host-side changes on one warm VM, the two arms alternated in one process.
+"""A/B of the engine's host-side changes on one warm VM, the arms alternated in one process.
 
 ``python -m bench.engine_ab [ROUNDS]``: each round runs, in turn for arms A (before), B and C
 (after), the bench's 8 batched children at 1 s model latency (the root's gap around the block
-that makes them) and 20 root steps with no model latency (host time per step, with its parts
-from the trajectory and the scripted server's log on one clock). Arm A closes each finished
+that makes them), 20 root steps with no model latency (host time per step, with its parts
+from the trajectory and the scripted server's log on one clock), and 8 children over the 64 KiB
+prompt cut in 8 pieces with no model latency (the bench's fan-out row). Arm A closes each finished
 child's session at once (``HELD_CLOSES = 0``, the code before); arm B holds the closes until the
 parent's block has ended (``rlm_host.engine.held_closes``); arm C also opens each child's session
-once its parent's burst of host calls has gone quiet (``rlm_host.engine.call_burst``). Alternating on one VM puts both arms
-under the same load, which on a shared 2-core TCG machine moves absolute times 2-3x.
+once its parent's burst of host calls has gone quiet (``rlm_host.engine.call_burst``).
+Alternating on one VM puts the arms under the same load, which on a shared 2-core TCG machine
+moves absolute times 2-3x.
 """
 
 from __future__ import annotations
@@ -56,6 +58,16 @@ async def _children(conn: GuestConnection, prompt: str, tmp: Path) -> float:
         return root_gaps(server.log, script)[0]
 
 
+async def _fanout(conn: GuestConnection, prompt: str, tmp: Path) -> float:
+    """8 children over ``prompt`` cut in 8 pieces, no model latency: where a child's session
+    cannot open beside a slow first request (the step after the prompt was bound)."""
+    script = Script(Workload("fanout", fanout=8))
+    with ScriptedModel(script) as server:
+        result = await run_rlm(prompt, options=_options(server.url, tmp, max_steps=18, max_depth=2), connection=conn)
+        assert result.answer == "done", (result.stop_reason, result.detail)
+        return root_gaps(server.log, script)[1]
+
+
 async def _steps(conn: GuestConnection, prompt: str, tmp: Path) -> list[tuple[float, float, float, float]]:
     """Per step: (gap, server's reply end to ModelResponse, BlockRun to Observation, ModelRequest
     to the server's start), seconds."""
@@ -90,6 +102,7 @@ async def main(rounds: int) -> dict[str, Any]:
     prompt = prompt_text(64 * 1024)
     children: dict[str, list[float]] = {arm: [] for arm in ARMS}
     steps: dict[str, list[tuple[float, float, float, float]]] = {arm: [] for arm in ARMS}
+    fanout: dict[str, list[float]] = {arm: [] for arm in ARMS}
     async with open_vm(config) as vm, GuestConnection.open(
         vm.stream, death_detail=vm.death_detail, cpu_waits=vm.cpu_waits
     ) as conn:
@@ -99,6 +112,7 @@ async def main(rounds: int) -> dict[str, Any]:
                 _arm(arm)
                 children[arm].append(await _children(conn, prompt, tmp))
                 steps[arm] += await _steps(conn, prompt, tmp)
+                fanout[arm].append(await _fanout(conn, prompt, tmp))
             print(f"round {i}: children " + " ".join(f"{a} {children[a][-1]:.3f}" for a in ARMS), flush=True)
     _arm("C")
     out: dict[str, Any] = {}
@@ -109,11 +123,13 @@ async def main(rounds: int) -> dict[str, Any]:
             "children_8_runs_s": [round(x, 3) for x in children[arm]],
             "step_gap_ms": _ms(gap), "step_receive_ms": _ms(receive), "step_exec_ms": _ms(exec_),
             "step_send_ms": _ms(send), "step_n": len(gap),
+            "fanout_64kib_median_s": round(statistics.median(fanout[arm]), 3),
         }
     for arm in ("B", "C"):
         out[f"{arm}_over_A"] = {
             "children_8": round(out[arm]["children_8_median_s"] / out["A"]["children_8_median_s"], 3),
             "step_gap": round(out[arm]["step_gap_ms"] / out["A"]["step_gap_ms"], 3),
+            "fanout_64kib": round(out[arm]["fanout_64kib_median_s"] / out["A"]["fanout_64kib_median_s"], 3),
         }
     return out
 
