@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rlm_host.api import run_rlm
-from rlm_host.engine.held_closes import HELD_CLOSES
+from rlm_host.engine.held_closes import HELD_CLOSES, HeldCloses
 from rlm_host.session import Session
 from rlm_host.trajectory import ChildEnd, Event, Observation
 from tests.engine.engine_harness import fence, local_options
@@ -89,3 +89,27 @@ async def test_no_more_than_held_closes_wait(trajectory: Path, order: list[str])
     # 16 held ones when it ended.
     assert block[:last_end].count("close") == 4
     assert block[last_end + 1 :] == ["close"] * HELD_CLOSES
+
+
+class _Session:
+    """What ``HeldCloses`` uses of a session: ``close_later``."""
+
+    def __init__(self, name: str, closed: list[str]) -> None:
+        self.name, self.closed = name, closed
+
+    def close_later(self) -> bool:
+        self.closed.append(self.name)
+        return True
+
+
+async def test_after_its_parent_ended_a_child_is_closed_at_once() -> None:
+    # A child cancelled with its parent ends after the parent's own close: nobody would
+    # release it later.
+    closed: list[str] = []
+    held = HeldCloses()
+    await held.hold(_Session("a", closed))  # type: ignore[arg-type]
+    assert closed == []
+    await held.end()
+    assert closed == ["a"]
+    await held.hold(_Session("b", closed))  # type: ignore[arg-type]
+    assert closed == ["a", "b"] and held.held == 0

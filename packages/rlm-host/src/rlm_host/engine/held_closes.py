@@ -58,6 +58,12 @@ class HeldCloses:
         while self._sessions:
             await _close(self._sessions.popleft())
 
+    async def end(self) -> None:
+        """The parent has ended: release, and hold nothing from now on (a child cancelled
+        with its parent ends after it)."""
+        self.limit = 0
+        await self.release()
+
 
 async def _close(session: Session) -> None:
     # In the background where the connection can; awaited (shielded, bounded) where it is

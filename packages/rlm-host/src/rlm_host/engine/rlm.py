@@ -211,9 +211,11 @@ class RlmEngine:
     async def close(self, rlm: RlmState) -> None:
         """Close the RLM's session (shielded and bounded: it runs after cancellations too).
 
-        A session still opening is cancelled first; what the guest had opened is closed.
+        A session still opening is cancelled first; what the guest had opened is closed, and
+        so are its children's sessions still held.
         """
         with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_GRACE_SECONDS):
+            await rlm.held_closes.end()
             opening = rlm.opening
             if not opening.done:
                 opening.scope.cancel()
@@ -303,6 +305,7 @@ class RlmEngine:
         and raised."""
 
         async def close() -> None:
+            await state.held_closes.end()
             session = state.opening.value
             if held is not None and session is not None:
                 await held.hold(session)
