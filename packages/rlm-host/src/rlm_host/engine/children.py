@@ -34,6 +34,8 @@ from ..tools import HostTool, UnknownTool, args_sha256
 from ..trajectory import ChildEnd, ChildStart, TrajectoryRecorder
 from ..trajectory import ToolCall as ToolCallEvent
 from .budget import BudgetExhausted, Limits, child_steps
+from .call_burst import CallBurst
+from .held_closes import HeldCloses
 from .recording import ModelCalls
 from .state import MAX_STEPS_ANSWER, RlmOutcome
 
@@ -49,10 +51,16 @@ class Parent:
     max_steps: int
     model: str | None
     tools: tuple[HostTool, ...]
+    #: Where its children's sessions wait to be closed until its block ends (its RLM's).
+    held: HeldCloses | None = None
+    #: When its session last made a host call: its children's sessions open after the burst.
+    burst: CallBurst | None = None
 
 
-#: Runs a child RLM to its outcome: (prompt, rlm id, depth, max_steps, model, tools).
-Solve = Callable[[str | PromptRef, str, int, int, str | None, tuple[HostTool, ...]], Awaitable[RlmOutcome]]
+#: Runs a child RLM to its outcome: (prompt, rlm id, depth, max_steps, model, tools, its parent).
+Solve = Callable[
+    [str | PromptRef, str, int, int, str | None, tuple[HostTool, ...], Parent], Awaitable[RlmOutcome]
+]
 
 
 def _sha256(text: str) -> str:
@@ -83,6 +91,8 @@ class Children:
         """The handler of ``parent``'s host calls; each call runs in its own task."""
 
         async def handle(call: HostCall) -> Any:
+            if parent.burst is not None:
+                parent.burst.touch()
             request = decode_host_call(call)
             match request:
                 case UnknownHostCall() | MalformedHostCall():
@@ -113,7 +123,7 @@ class Children:
         return await self._child(
             request.prompt, rlm=child, parent=parent.id, depth=parent.depth + 1, method=method, leaf=leaf,
             max_steps=child_steps(parent.max_steps), model=model,
-            tools=tuple(tool for tool in parent.tools if tool.children),
+            tools=tuple(tool for tool in parent.tools if tool.children), parent_rlm=parent,
         )
 
     async def _tool_call(self, request: ToolCall, parent: Parent) -> Any:
@@ -157,6 +167,7 @@ class Children:
         max_steps: int,
         model: str | None,
         tools: tuple[HostTool, ...],
+        parent_rlm: Parent,
     ) -> str:
         """Run a child and always return a string to the parent's code.
 
@@ -188,7 +199,7 @@ class Children:
                 )
                 answer = reply.content
             else:
-                outcome = await self._solve(prompt, rlm, depth, max_steps, model, tools)
+                outcome = await self._solve(prompt, rlm, depth, max_steps, model, tools, parent_rlm)
                 stop_reason = outcome.stop_reason
                 if outcome.answer is not None:
                     answer = outcome.answer

@@ -40,7 +40,9 @@ from ..session import Session
 from ..tools import HostTool, stub_code, tools_prompt
 from ..trajectory import EngineError, TrajectoryRecorder
 from .budget import Limits, RunMeter
+from .call_burst import CallBurst
 from .children import Children, Parent
+from .held_closes import HeldCloses
 from .prompts import DEFAULT_TOOLS, metadata_message, models_prompt, system_prompt
 from .recording import ModelCalls
 from .replay import Replay
@@ -137,7 +139,7 @@ class RlmEngine:
 
     def _root(self, prompt: str, answer_type: Any) -> tuple[RlmState, Parent]:
         root = self._new_rlm(prompt, rlm="0", depth=0, model=None, tools=self.host_tools, answer_type=answer_type)
-        return root, Parent("0", 0, self.limits.max_steps, None, self.host_tools)
+        return root, Parent("0", 0, self.limits.max_steps, None, self.host_tools, root.held_closes, root.burst)
 
     async def run(self, prompt: str, *, answer_type: Any = None) -> RlmOutcome:
         """Run the root RLM on ``prompt`` until ``Final`` or a budget; see ``RlmOutcome``.
@@ -151,8 +153,8 @@ class RlmEngine:
         """
         root, parent = self._root(prompt, answer_type)
         return await self._overlapped(
-            root, self.children.handler(parent), lambda: self.ask(root, answer_type=answer_type),
-            close_later=False,
+            root, self.children.handler(parent), lambda: self.ask(root, answer_type=answer_type), held=None,
+            after=None,
         )
 
     async def open_root(
@@ -209,9 +211,11 @@ class RlmEngine:
     async def close(self, rlm: RlmState) -> None:
         """Close the RLM's session (shielded and bounded: it runs after cancellations too).
 
-        A session still opening is cancelled first; what the guest had opened is closed.
+        A session still opening is cancelled first; what the guest had opened is closed, and
+        so are its children's sessions still held.
         """
         with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_GRACE_SECONDS):
+            await rlm.held_closes.end()
             opening = rlm.opening
             if not opening.done:
                 opening.scope.cancel()
@@ -253,8 +257,14 @@ class RlmEngine:
         state.append({"role": "user", "content": first})
         return state
 
-    async def _open_session(self, state: RlmState, handler: HostCallHandler, nursery: trio.Nursery) -> Session:
-        """Open the RLM's session, serve its host calls in ``nursery`` and bind its variables."""
+    async def _open_session(
+        self, state: RlmState, handler: HostCallHandler, nursery: trio.Nursery, after: CallBurst | None = None
+    ) -> Session:
+        """Open the RLM's session (once ``after`` went quiet, or its steps need it), serve its
+        host calls in ``nursery`` and bind its variables."""
+        if after is not None:
+            with state.open_delay:
+                await after.quiet()
         connection = self.connection
         if isinstance(connection, Soon):
             connection = await connection.wait()
@@ -285,20 +295,26 @@ class RlmEngine:
         handler: HostCallHandler,
         steps: Callable[[], Awaitable[RlmOutcome]],
         *,
-        close_later: bool,
+        held: HeldCloses | None,
+        after: CallBurst | None,
     ) -> RlmOutcome:
-        """Run ``steps`` while the session opens beside it, in the RLM's own nursery; close it
-        at the end (a child's without waiting for the guest: its answer need not wait for the
-        teardown). A failed opening is recorded and raised."""
+        """Run ``steps`` while the session opens beside it (``after`` the parent's burst of
+        calls, for a child), in the RLM's own nursery; close it
+        at the end (a child's when its parent's block ends, in ``held``, without waiting for
+        the guest: its answer need not wait for the teardown). A failed opening is recorded
+        and raised."""
 
         async def close() -> None:
+            await state.held_closes.end()
             session = state.opening.value
-            if not (close_later and session is not None and session.close_later()):
+            if held is not None and session is not None:
+                await held.hold(session)
+            else:
                 await self.close(state)
 
         try:
             return await overlapped(
-                state.opening, lambda nursery: self._open_session(state, handler, nursery), steps, close,
+                state.opening, lambda nursery: self._open_session(state, handler, nursery, after), steps, close,
                 f"RLM {state.id}",
             )
         except Exception as error:
@@ -319,10 +335,16 @@ class RlmEngine:
         max_steps: int,
         model: str | None,
         tools: tuple[HostTool, ...],
+        parent: Parent,
     ) -> RlmOutcome:
-        """A child RLM, from its first model request to its end; its state lives here only."""
+        """A child RLM, from its first model request to its end; its state lives here only.
+        Its session opens after ``parent``'s burst of calls and is closed when ``parent``'s
+        block ends."""
         state = self._new_rlm(prompt, rlm=rlm, depth=depth, model=model, tools=tools)
-        handler = self.children.handler(Parent(rlm, depth, max_steps, model, tools))
+        handler = self.children.handler(
+            Parent(rlm, depth, max_steps, model, tools, state.held_closes, state.burst)
+        )
         return await self._overlapped(
-            state, handler, lambda: self.steps.guarded(state, max_steps, None), close_later=True
+            state, handler, lambda: self.steps.guarded(state, max_steps, None),
+            held=parent.held or HeldCloses(limit=0), after=parent.burst,
         )

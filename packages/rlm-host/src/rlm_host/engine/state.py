@@ -5,10 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import trio
+
 from ..llm.messages import ChatMessage
 from ..session import Session
 from ..tools import HostTool
 from .budget import StopReason
+from .call_burst import CallBurst
+from .held_closes import HeldCloses
 from .start import Soon
 
 __all__ = ["MAX_STEPS_ANSWER", "RlmOutcome", "RlmState"]
@@ -68,6 +72,13 @@ class RlmState:
     #: Prompt tokens the server counted for the last answered request, and the history length
     #: then (``None`` after the history was replaced).
     prompt_count: tuple[int, int] | None = None
+    #: Its finished children's sessions, closed when its block ends (``engine.held_closes``).
+    held_closes: HeldCloses = field(default_factory=HeldCloses)
+    #: When its session last made a host call (``engine.call_burst``).
+    burst: CallBurst = field(default_factory=CallBurst)
+    #: A child's session waits in it for its parent's burst of calls to end; cancelled when
+    #: the session is needed first (``session_now``).
+    open_delay: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     @property
     def session(self) -> Session:
@@ -76,6 +87,11 @@ class RlmState:
         if session is None:
             raise RuntimeError(f"RLM {self.id}'s session has not opened yet")
         return session
+
+    async def session_now(self) -> Session:
+        """The session, opened at once if it was waiting (``engine.call_burst``)."""
+        self.open_delay.cancel()
+        return await self.opening.wait()
 
     def append(self, message: ChatMessage) -> None:
         self.history.append(message)

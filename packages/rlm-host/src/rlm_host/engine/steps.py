@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import msgspec
+import trio
 
 from ..llm.errors import ContextLengthExceeded
 from ..llm.messages import ChatMessage, ChatReply
@@ -121,8 +122,14 @@ class StepLoop:
                 BlockRun(ts=time.time(), rlm=rlm, depth=depth, step=step, language=block.language, code=block.code)
             )
             # The first block may come before the session has opened (``engine.start``).
-            session = await state.opening.wait()
-            result = await session.exec(block.code, block.language, timeout=self.exec_timeout)
+            session = await state.session_now()
+            try:
+                result = await session.exec(block.code, block.language, timeout=self.exec_timeout)
+            finally:
+                # The children this block made are done: their sessions close while the
+                # next model request is out (``engine.held_closes``).
+                with trio.CancelScope(shield=True):
+                    await state.held_closes.release()
             if result.session_reset:
                 await self._prepare(state, session)
             final = result.final
@@ -251,7 +258,7 @@ class StepLoop:
         state.prompt_count = None
         # The full history stays reachable from code; binding it also unsets Final, which is
         # harmless here: a Final that was accepted ended the RLM before this point.
-        session = await state.opening.wait()
+        session = await state.session_now()
         transcript: list[ChatMessage] = [{"role": m["role"], "content": m["content"]} for m in state.transcript]
         await session.set_vars({"history": transcript})
         self.recorder.emit(
