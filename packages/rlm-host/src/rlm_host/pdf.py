@@ -12,6 +12,7 @@ be read, are those of reading the pages in order in one process.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -114,10 +115,9 @@ def _fork_reader(path: Path, password: str | None, indices: Sequence[int]) -> tu
     return pid, read_end
 
 
-def _collect(pid: int, read_end: int) -> _Pages | None:
-    """A reader's pages, or ``None`` when it died without them (the parent reads them itself)."""
-    with open(read_end, "rb") as pipe:
-        payload = pipe.read()
+def _collect(pid: int, payload: bytes) -> _Pages | None:
+    """A reader's pages from all it wrote, or ``None`` when it died without them (the parent
+    reads them itself)."""
     _, status = os.waitpid(pid, 0)
     if status != 0:
         return None
@@ -153,11 +153,16 @@ def pdf_text(path: Path, *, password: str | None = None) -> str:
             readers.append(_fork_reader(path, password, share))
         results = [_read_pages(pypdfium2, document, shares[0])]
         while readers:
-            pid, read_end = readers.pop(0)
-            results.append(_collect(pid, read_end) or _read_pages(pypdfium2, document, shares[len(results)]))
+            pid, read_end = readers[0]
+            with open(read_end, "rb", closefd=False) as pipe:
+                payload = pipe.read()
+            # Out of the list before it is reaped: a pid that was waited for may be reused.
+            readers.pop(0)
+            os.close(read_end)
+            results.append(_collect(pid, payload) or _read_pages(pypdfium2, document, shares[len(results)]))
     finally:
         for pid, read_end in readers:  # only when interrupted: stop the others too
-            os.kill(pid, 9)
+            os.kill(pid, signal.SIGKILL)
             os.close(read_end)
             os.waitpid(pid, 0)
         document.close()
