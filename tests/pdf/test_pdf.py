@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -113,3 +114,34 @@ def test_fork_only_with_one_thread_and_enough_pages() -> None:
     finally:
         stop.set()
         thread.join()
+
+
+class _Interrupted(BaseException):
+    """Stands for Ctrl-C (``KeyboardInterrupt``) while this process reads its own pages."""
+
+
+def test_an_interrupt_stops_every_reader(tmp_path: Path, forked: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _many_pages(tmp_path / "long.pdf", 20)
+    parent = os.getpid()
+    forks: list[int] = []
+    real_fork = os.fork
+
+    def recorded_fork() -> int:
+        pid = real_fork()
+        if pid:
+            forks.append(pid)
+        return pid
+
+    def slow_readers(pdfium: Any, document: Any, indices: Sequence[int]) -> Any:
+        if os.getpid() != parent:
+            time.sleep(60)  # a reader still at work; the parent must not wait for it
+        raise _Interrupted
+
+    monkeypatch.setattr(os, "fork", recorded_fork)
+    monkeypatch.setattr(pdf, "_read_pages", slow_readers)
+    with pytest.raises(_Interrupted):
+        pdf_text(path)
+    assert len(forks) == 2
+    for pid in forks:  # killed and reaped: not even a zombie is left
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
