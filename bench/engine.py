@@ -3,8 +3,8 @@
 Workloads (bench.workload): host time per step with no model latency (the gap between a reply
 and the next request, from the server's log), ``rlm run`` start to the first model request with a
 16 MiB prompt (the real CLI as a subprocess, its VM included; rlms likewise as a subprocess),
-and 8 batched children / 8 batched leaf calls with 1 s model latency (the root's gap around the
-block that makes them).
+8 batched children / 8 batched leaf calls with 1 s model latency (the root's gap around the
+block that makes them), and a 1221-page PDF's start beside ``pdftotext`` (bench.pdf_start).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from rlm_host.api import RunOptions, run_rlm
 from rlm_host.connection import GuestConnection
 from rlm_host.trajectory import read_trajectory
 
+from .pdf_start import pdf_start_row
 from .vm_bench import MIB, prompt_text
 from .workload import Script, Workload, root_gaps
 
@@ -166,6 +167,7 @@ async def run_engine_workloads(conn: GuestConnection, *, quick: bool) -> dict[st
     del big
     firsts = [await trio.to_thread.run_sync(_first_request_ours, big_file, tmp) for _ in range(repeats)]
     out["ours"]["start_to_first_request"] = _median([f["to_first_request"] for f in firsts])
+    out["pdf"] = await trio.to_thread.run_sync(pdf_start_row, repeats)
     if error is None:
         rg: list[float] = []
         for _ in range(repeats):

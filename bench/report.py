@@ -77,6 +77,12 @@ def table(r: dict[str, Any]) -> str:
             rows.append(("… of which (medians)", f"engine {_ms(parts['engine'])}",
                          f"guest exec round trip {_ms(parts['exec'])}; HTTP client and server {_ms(max(rest, 0.0))}", ""))
         rows.append(("`rlm run` start to first request (16 MiB)", _s(o.get("start_to_first_request")), cmp("start_to_first_request"), "≤ rlms"))
+        pdf = en.get("pdf") or {}
+        if "skipped" in pdf:
+            rows.append(("PDF (1221 pages) start to first request", "skipped", pdf["skipped"], "≤ 0.33× pdftotext"))
+        elif pdf:
+            rows.append(("PDF (1221 pages) start to first request", _s(pdf["start_to_first_request"]),
+                         f"pdftotext alone {_s(pdf['pdftotext'])}; ours/pdftotext {pdf['ratio']}", "≤ 0.33× pdftotext"))
         rows.append(("8 batched children, 1 s latency", _s(o.get("children_8")), cmp("children_8"), "≤ 1.1 s"))
         rows.append(("8 batched leaf calls, 1 s latency", _s(o.get("leaves_8")), cmp("leaves_8"), ""))
         big, small = o.get("fanout_16mib"), o.get("fanout_64kib")

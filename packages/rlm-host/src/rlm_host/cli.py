@@ -1,4 +1,9 @@
-"""The ``rlm`` command line (typer). Progress goes to stderr; results alone go to stdout."""
+"""The ``rlm`` command line (typer). Progress goes to stderr; results alone go to stdout.
+
+``app`` is the whole application, built on first use. ``main`` (the ``rlm`` script) builds only
+the command it runs when that is ``rlm run``: the other commands' modules and typer's reading of
+their parameters are ~0.1 s of a run's start to its first model request (README, Performance).
+"""
 
 from __future__ import annotations
 
@@ -13,34 +18,17 @@ import trio
 import typer
 
 from .api import DEFAULT_BLOCK_TIMEOUT
-from .cli_batch import batch
-from .cli_bench import bench
-from .cli_chat import chat
-from .cli_conformance import conformance
 from .cli_exit import fail
 from .cli_guest import guest_command_argv, warn_unsandboxed
-from .cli_image import doctor, image_app
-from .cli_run import run
-from .cli_view import view
 from .errors import RlmError
 from .isolation import GuestOptions, Isolation, open_guest
 
-app = typer.Typer(
-    name="rlm",
-    help="Recursive Language Model harness: model-written code runs in a QEMU VM.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
+__all__ = ["app", "main"]
 
-
-
-
-@app.callback()
 def _root() -> None:
     """Recursive Language Model harness: model-written code runs in a QEMU VM."""
 
 
-@app.command("exec")
 def exec_command(
     file: Annotated[
         Optional[Path], typer.Argument(help="File with the block to run ('-' for stdin).")
@@ -102,16 +90,57 @@ async def _exec(code: str, language: str, options: GuestOptions, timeout: float 
     return result.error is not None or bool(result.returncode)
 
 
-app.command("run")(run)
-app.command("view")(view)
-app.command("chat")(chat)
-app.add_typer(image_app, name="image")
-app.command("doctor")(doctor)
-app.command("bench")(bench)
-app.command("batch")(batch)
-app.command(
-    "conformance", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
-)(conformance)
+def _whole_app() -> typer.Typer:
+    from .cli_batch import batch
+    from .cli_bench import bench
+    from .cli_chat import chat
+    from .cli_conformance import conformance
+    from .cli_image import doctor, image_app
+    from .cli_run import run
+    from .cli_view import view
+
+    whole = typer.Typer(
+        name="rlm",
+        help="Recursive Language Model harness: model-written code runs in a QEMU VM.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+    )
+    whole.callback()(_root)
+    whole.command("exec")(exec_command)
+    whole.command("run")(run)
+    whole.command("view")(view)
+    whole.command("chat")(chat)
+    whole.add_typer(image_app, name="image")
+    whole.command("doctor")(doctor)
+    whole.command("bench")(bench)
+    whole.command("batch")(batch)
+    whole.command(
+        "conformance", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+    )(conformance)
+    return whole
+
+
+_built: list[typer.Typer] = []
+
+
+def __getattr__(name: str) -> typer.Typer:
+    """``app``, the whole application, built at its first use."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if not _built:
+        _built.append(_whole_app())
+    return _built[0]
+
+
+def _run_alone(args: list[str]) -> None:
+    """``rlm run ARGS``, the command built alone: the same parameters, help and errors (its
+    usage line says ``rlm run``) without the rest of the application."""
+    from .cli_run import run
+
+    # No completion options: the whole application has them, not its ``run``.
+    alone = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
+    alone.command()(run)
+    alone(args=args, prog_name=f"{os.path.basename(sys.argv[0])} run")
 
 
 def main() -> None:
@@ -135,7 +164,11 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        app()
+        args = sys.argv[1:]
+        if args[:1] == ["run"]:
+            _run_alone(args[1:])
+        else:
+            __getattr__("app")()
     except SystemExit:
         if terminated:
             raise SystemExit(128 + signal.SIGTERM) from None

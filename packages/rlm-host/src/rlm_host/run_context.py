@@ -193,8 +193,25 @@ class RunContext:
         )
 
 
-def _write_prompt(path: Path, task: str) -> None:
-    prompt_path(path).write_text(task, encoding="utf-8", errors="surrogatepass")
+def _write_prompt(path: Path, data: bytes) -> None:
+    prompt_path(path).write_bytes(data)
+
+
+async def _prompt_digest(task: str, keep_at: Path | None) -> str:
+    """The task's SHA-256 (for ``RunStart``), and its copy beside the trajectory ``keep_at``.
+
+    Up to 16 MiB on the way to the first model request: encoded once, then hashed and written
+    at the same time in worker threads (both release the GIL), never on the trio thread, where
+    they would stall every other task.
+    """
+    data = await trio.to_thread.run_sync(lambda: task.encode("utf-8", errors="surrogatepass"))
+    try:
+        async with trio.open_nursery() as nursery:
+            if keep_at is not None:
+                nursery.start_soon(trio.to_thread.run_sync, _write_prompt, keep_at, data)
+            return await trio.to_thread.run_sync(lambda: hashlib.sha256(data).hexdigest())
+    except BaseExceptionGroup as group:
+        raise single_error(group) from None
 
 
 @contextlib.asynccontextmanager
@@ -221,9 +238,7 @@ async def open_run_context(
     all_sinks = ([options.on_event] if options.on_event is not None else []) + list(sinks)
     path = (options.trajectory_path or default_trajectory_path(run_id)) if options.record_trajectory else None
     recorder = TrajectoryRecorder.open(path, all_sinks) if path is not None else TrajectoryRecorder(None, all_sinks)
-    if path is not None and options.save_prompt and task:
-        # Up to 16 MiB: not on the trio thread, where it would stall every other task.
-        await trio.to_thread.run_sync(_write_prompt, path, task)
+    digest = await _prompt_digest(task, path if path is not None and options.save_prompt and task else None)
     run: RunContext | None = None
     try:
         recorder.emit(
@@ -244,7 +259,7 @@ async def open_run_context(
                     "host_tools": [tool.display for tool in host_tools],
                     "prices": {name: asdict(price) for name, price in limits.prices.items()},
                 },
-                prompt_sha256=hashlib.sha256(task.encode("utf-8", errors="surrogatepass")).hexdigest(),
+                prompt_sha256=digest,
                 resumed_from=str(resumed_from) if resumed_from is not None else None,
             )
         )
