@@ -299,3 +299,27 @@ async def test_a_reply_that_cannot_be_sent_becomes_an_error_and_never_raises() -
     # The guest died between the reply and its fallback: nothing may reach the caller's nursery.
     await answer_host_call(too_large_then_dead, call, value="x" * 99)
     assert sent[0].error is not None and sent[0].error.name == "TooLarge"
+
+
+async def test_a_request_waiting_in_a_shield_ends_when_the_reader_is_cancelled() -> None:
+    # A VM whose QEMU exits has its users cancelled, the connection's reader among them, while
+    # a session's close waits (shielded) for the guest's answer. The reader's end must fail the
+    # waiting request: before, the close waited forever (seen in a lockup test: the run hung in
+    # its shield past every deadline). A hang here is caught by the test's time limit.
+    async def guest(stream: trio.abc.Stream, decoder: FrameDecoder) -> None:
+        await stream.send_all(encode(hello()))
+        await receive(stream, decoder)
+        opened = (await receive(stream, decoder))[0]
+        assert isinstance(opened, OpenSession)
+        await stream.send_all(encode(SessionOpened(session=opened.session, call=opened.call)))
+        await trio.sleep_forever()  # never answers the CloseSession
+
+    host_side, guest_side = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(guest, guest_side, FrameDecoder())
+        with trio.CancelScope() as users:
+            async with GuestConnection.open(host_side, handshake_timeout=5) as connection:
+                async with await connection.open_session():
+                    users.cancel()
+        assert users.cancelled_caught and connection.closed
+        nursery.cancel_scope.cancel()

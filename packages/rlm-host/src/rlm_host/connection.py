@@ -392,6 +392,11 @@ class GuestConnection:
             self._die(GuestProtocolError(f"the guest broke the protocol: {error}"))
             with trio.CancelScope(shield=True):
                 await self._stream.aclose()
+        finally:
+            # Cancelled (the VM died and its watcher cancelled its users, or the caller left):
+            # nobody reads replies any more, so a request still waiting, such as a session's
+            # shielded close, must hear it now instead of waiting forever.
+            self._die(GuestDiedError("the connection stopped reading from the guest"))
 
     def _dispatch(self, frame: Frame | UnknownFrame) -> None:
         if isinstance(frame, UnknownFrame):
