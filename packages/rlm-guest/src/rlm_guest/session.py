@@ -8,11 +8,9 @@ the agent kills the process group and starts the session afresh.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
-import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -26,24 +24,22 @@ from rlm_protocol import (
     ExecResult,
     FinalValue,
     Frame,
-    HostCall,
-    HostCallError,
     Language,
     OutputCapture,
     PromptRef,
     VarsState,
-    prompt_ref,
 )
 
 from .bash import kill_group, run_bash
 from .capture import Capture
+from .host_calls import HostCallFailed, HostCalls, Waiter
 from .interrupt_slot import InterruptSlot
-from .shared import write_kept
+from .prompt_refs import keep_text, keep_texts
 
 #: ``keep(ref, fd)``: hand a memfd holding a prompt to the agent, to be kept under ``ref``.
 KeepPrompt = Callable[[str, int], None]
 
-__all__ = ["HostCallFailed", "HostCalls", "Session"]
+__all__ = ["HostCallFailed", "HostCalls", "Session"]  # the first two re-exported from .host_calls
 
 #: Names the REPL provides; hidden from ``SHOW_VARS`` and the state summary.
 REPL_NAMES = frozenset(
@@ -59,134 +55,6 @@ REPL_NAMES = frozenset(
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-class HostCallFailed(RuntimeError):
-    """A host call the host answered with an error."""
-
-
-class _Waiter:
-    __slots__ = ("event", "value", "error")
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.value: Any = None
-        self.error: HostCallError | None = None
-
-
-class HostCalls:
-    """Call ids and reply waiters of one session.
-
-    ``first_id`` gives each session process a disjoint block of ids, so ids stay unique on the
-    whole connection (PROTOCOL.md, "Call ids") without any coordination between processes.
-    """
-
-    def __init__(self, send: Callable[[Frame], None], first_id: int = 1) -> None:
-        self._send = send
-        self._ids = itertools.count(first_id)
-        self._waiters: dict[int, _Waiter] = {}
-        self._lock = threading.Lock()
-
-    def start(
-        self,
-        session: str,
-        method: str,
-        payload: dict[str, Any] | Callable[[int], dict[str, Any]],
-    ) -> tuple[int, _Waiter]:
-        """Send a host call; ``payload`` may be a function of the call's id (made before the
-        call is sent)."""
-        waiter = _Waiter()
-        with self._lock:
-            call = next(self._ids)
-            # Registered before the frame goes out: the reply may beat us back.
-            self._waiters[call] = waiter
-        try:
-            body = payload(call) if callable(payload) else payload
-            self._send(HostCall(session=session, call=call, method=method, payload=body))
-        except BaseException:
-            self.forget(call)
-            raise
-        return call, waiter
-
-    def resolve(self, call: int, value: Any, error: HostCallError | None) -> bool:
-        """Deliver a reply; False when nobody waits for it (a late reply is dropped)."""
-        with self._lock:
-            waiter = self._waiters.pop(call, None)
-        if waiter is None:
-            return False
-        waiter.value, waiter.error = value, error
-        waiter.event.set()
-        return True
-
-    def forget(self, call: int) -> None:
-        with self._lock:
-            self._waiters.pop(call, None)
-
-    def fail_all(self, reason: str) -> None:
-        """Wake every waiter with an error (the host went away)."""
-        with self._lock:
-            waiters, self._waiters = self._waiters, {}
-        for waiter in waiters.values():
-            waiter.error = HostCallError(name="ConnectionLost", message=reason)
-            waiter.event.set()
-
-    def wait(self, calls: Sequence[tuple[int, _Waiter]]) -> list[Any]:
-        """Wait for every reply, in the order of ``calls``; raise the first error.
-
-        The wait is interruptible: a lock wait on the main thread returns to Python when a
-        signal arrives, so ``SIGINT`` stops a block blocked on the host.
-        """
-        try:
-            for _, waiter in calls:
-                waiter.event.wait()
-        finally:
-            for call, waiter in calls:
-                if not waiter.event.is_set():
-                    self.forget(call)
-        values = []
-        for _, waiter in calls:
-            if waiter.error is not None:
-                raise HostCallFailed(f"{waiter.error.name}: {waiter.error.message}")
-            values.append(waiter.value)
-        return values
-
-
-def _keep_text(text: str) -> tuple[int, PromptRef]:
-    """A memfd holding ``text`` (UTF-8) and its ``PromptRef`` (``ref`` still to be set)."""
-    data = text.encode("utf-8", "surrogatepass")
-    fd = write_kept(data)
-    try:
-        return fd, prompt_ref("", text, data)
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _keep_texts(texts: list[str]) -> list[tuple[int, PromptRef]]:
-    """``_keep_text`` of each text, on two threads (a thread, not a pool: the agent imports this
-    module before every fork, and ``concurrent.futures`` would add to its start)."""
-    results: list[tuple[int, PromptRef] | BaseException | None] = [None] * len(texts)
-
-    def work(indexes: range) -> None:
-        for i in indexes:
-            try:
-                results[i] = _keep_text(texts[i])
-            except BaseException as error:  # re-raised below, on the calling thread
-                results[i] = error
-
-    helper = threading.Thread(target=work, args=(range(1, len(texts), 2),), daemon=True)
-    helper.start()
-    try:
-        work(range(0, len(texts), 2))
-    finally:
-        helper.join()
-    kept = [r for r in results if isinstance(r, tuple)]
-    failed = next((r for r in results if isinstance(r, BaseException)), None)
-    if failed is not None:
-        for fd, _ in kept:
-            os.close(fd)
-        raise failed
-    return kept
 
 
 def _prompt_with_fields(prompt: object, fields: dict[str, Any]) -> str:
@@ -336,7 +204,7 @@ class Session:
         if method == "rlm_query" and self._keep is not None and len(prompts) > 1:
             # Copying, hashing and counting the pieces is most of a large fan-out's cost in the
             # guest; the copy and the hash release the GIL, so two threads use both vCPUs.
-            calls = [self._start_kept(k, model) for k in _keep_texts([str(p) for p in prompts])]
+            calls = [self._start_kept(k, model) for k in keep_texts([str(p) for p in prompts])]
         elif method == "rlm_query":
             calls = [self._start_rlm_query(str(prompt), model) for prompt in prompts]
         else:
@@ -346,15 +214,15 @@ class Session:
             ]
         return self.host_calls.wait(calls)
 
-    def _start_rlm_query(self, text: str, model: str | None) -> tuple[int, _Waiter]:
+    def _start_rlm_query(self, text: str, model: str | None) -> tuple[int, Waiter]:
         if self._keep is None:
             return self.host_calls.start(self.id, "rlm_query", {"prompt": text, "model": model})
         # By reference (PROTOCOL.md, 1.1 ``prompt_ref``): the text goes to the agent in a memfd
         # and the host gets what the child's model is shown, so a 16 MiB fan-out no longer
         # crosses the channel twice (to the host in the call, back in the child's set_vars).
-        return self._start_kept(_keep_text(text), model)
+        return self._start_kept(keep_text(text), model)
 
-    def _start_kept(self, kept: tuple[int, PromptRef], model: str | None) -> tuple[int, _Waiter]:
+    def _start_kept(self, kept: tuple[int, PromptRef], model: str | None) -> tuple[int, Waiter]:
         keep = self._keep
         assert keep is not None
         fd, meta = kept

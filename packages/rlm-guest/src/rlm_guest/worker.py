@@ -39,8 +39,9 @@ from rlm_protocol import (
 )
 
 from .capture import Capture
+from .host_calls import HostCalls
 from .interrupt_slot import InterruptSlot
-from .session import HostCalls, Session, install_sigint
+from .session import Session, install_sigint
 from .shared import ANCILLARY_BYTES, BufferReleased, KeepRef, read_kept, read_shared, received_fds
 
 __all__ = ["Activate", "worker_main"]
