@@ -128,3 +128,24 @@ async def test_a_starved_guest_confirms_its_interrupt_before_the_session_is_used
                 os.kill(stream.process.pid, signal.SIGCONT)
             assert result.stdout.text == "1\n"
             assert not connection.closed
+
+
+async def test_only_the_blocks_thread_takes_the_agents_sigint() -> None:
+    """Every other thread of a session process blocks SIGINT, so the kernel delivers the agent's
+    interrupt to the thread that runs the block: taken by the reader thread, it left a block
+    asleep in ``time.sleep`` to its 2 s grace and a reset (seen once in CI)."""
+    code = (
+        "import os\n"
+        "for tid in sorted(os.listdir('/proc/self/task')):\n"
+        "    status = open(f'/proc/self/task/{tid}/status').read().splitlines()\n"
+        "    blocked = int(next(l for l in status if l.startswith('SigBlk:')).split()[1], 16)\n"
+        "    print(int(tid) == os.getpid(), bool(blocked & 1 << 1))\n"
+    )
+    async with open_local_guest() as stream, GuestConnection.open(stream) as connection:
+        session = await connection.open_session()
+        # A bash block first: it starts threads of its own (its output pumps).
+        assert (await session.exec("echo warm", "bash")).stdout.text == "warm\n"
+        result = await session.exec(code)
+    rows = result.stdout.text.splitlines()
+    assert "True False" in rows and len(rows) >= 2, rows  # the main thread, and others
+    assert [row for row in rows if row.startswith("False")] == ["False True"] * (len(rows) - 1), rows

@@ -12,6 +12,8 @@ from typing import IO
 
 from rlm_protocol import OutputCapture
 
+from .interrupt_slot import start_without_sigint
+
 __all__ = ["kill_group", "run_bash"]
 
 
@@ -62,7 +64,7 @@ def run_bash(
         threading.Thread(target=_pump, args=(process.stderr, stderr), daemon=True),
     ]
     for pump in pumps:
-        pump.start()
+        start_without_sigint(pump)
     try:
         returncode = process.wait()
     finally:

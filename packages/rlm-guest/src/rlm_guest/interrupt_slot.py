@@ -14,9 +14,11 @@ block's ~1 ms inside a TCG guest (bench: ``python -m bench.exec_hops``).
 from __future__ import annotations
 
 import mmap
+import signal
 import struct
+import threading
 
-__all__ = ["InterruptSlot"]
+__all__ = ["InterruptSlot", "start_without_sigint"]
 
 #: An armed flag and the call id, one aligned 16-byte record; call ids are 64-bit on the wire
 #: (msgpack integers), signed or not, so they are stored as unsigned modulo 2**64.
@@ -54,3 +56,18 @@ class InterruptSlot:
 
     def close(self) -> None:
         self._map.close()
+
+
+def start_without_sigint(thread: threading.Thread) -> None:
+    """Start ``thread`` with SIGINT blocked in it, so that the agent's SIGINT reaches the
+    block's (main) thread.
+
+    A process-directed signal goes to any thread that does not block it; taken by another
+    thread, it would not wake a main thread asleep in a block (``time.sleep``, a wait on a
+    child): CPython runs the handler only when the main thread next executes bytecode.
+    """
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        thread.start()  # the new thread inherits the mask
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)

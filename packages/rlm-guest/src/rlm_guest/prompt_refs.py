@@ -11,6 +11,7 @@ import threading
 
 from rlm_protocol import PromptRef, prompt_ref
 
+from .interrupt_slot import start_without_sigint
 from .shared import write_kept
 
 __all__ = ["keep_text", "keep_texts"]
@@ -40,7 +41,7 @@ def keep_texts(texts: list[str]) -> list[tuple[int, PromptRef]]:
                 results[i] = error
 
     helper = threading.Thread(target=work, args=(range(1, len(texts), 2),), daemon=True)
-    helper.start()
+    start_without_sigint(helper)
     try:
         work(range(0, len(texts), 2))
     finally:

@@ -148,7 +148,6 @@ def worker_main(
     process still starting.
     """
     signal.signal(signal.SIGINT, lambda signum, frame: None)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     os.setsid()
     _die_with_parent()
     _oom_first()
@@ -191,7 +190,12 @@ def worker_main(
         _read_frames(sock, decoder, buffer, session, host_calls, link, jobs)
 
     # Started before the process has a session: whatever a spare can do ahead of time, it does.
+    # Started while SIGINT is still blocked, so the reader thread keeps it blocked: the kernel
+    # then delivers the agent's SIGINT to the main thread, the one that runs blocks. Delivered
+    # to the reader, it would not wake a main thread asleep in a block (``time.sleep``): CPython
+    # runs the handler only when the main thread next executes bytecode.
     threading.Thread(target=serve, name="agent-reader", daemon=True).start()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     session = sessions.get()
     if session.cwd and os.path.isdir(session.cwd):
         os.chdir(session.cwd)
