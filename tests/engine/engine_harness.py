@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlm_host.api import RunOptions
-from rlm_host.llm import Api
+from typing_extensions import Unpack
+
+from rlm_host.api import RunOptionFields, RunOptions
 
 
-def local_options(url: str, trajectory: Path, *, api: Api = "ollama", **changes: object) -> RunOptions:
+def local_options(url: str, trajectory: Path, **changes: Unpack[RunOptionFields]) -> RunOptions:
     """A run against ``url`` with the guest as a local subprocess and millisecond retries."""
     base = RunOptions.of(
         model="scripted",
         llm_url=url,
-        api=api,
+        api="ollama",
         isolation="local",
         trajectory_path=trajectory,
         llm_backoff=0.001,

@@ -6,7 +6,9 @@ import json
 import os
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import trio
@@ -62,7 +64,7 @@ Final = {"hits": hits, "errors": errors, "after": search_docs("still works", k=1
 
 
 async def test_tool_results_and_failures_in_the_guest(trajectory: Path) -> None:
-    tools = [search_docs, explode, HostTool(hang_forever, timeout=0.5)]
+    tools: list[Callable[..., Any] | HostTool] = [search_docs, explode, HostTool(hang_forever, timeout=0.5)]
     with ScriptedModel(lambda request: fence(ROOT_CODE)) as server:
         result = await run_rlm("task", options=local_options(server.url, trajectory, host_tools=tools))
     assert result.value is not None, result.detail
@@ -123,7 +125,7 @@ def depth_script(request: ChatRequest) -> str:
 
 
 async def test_a_tool_called_at_depth_two(trajectory: Path) -> None:
-    tools = [search_docs, HostTool(secret, children=False)]
+    tools: list[Callable[..., Any] | HostTool] = [search_docs, HostTool(secret, children=False)]
     with ScriptedModel(depth_script) as server:
         result = await run_rlm("root", options=local_options(server.url, trajectory, host_tools=tools, max_depth=3))
     assert result.answer == "deep #0 / name 'secret' is not defined"

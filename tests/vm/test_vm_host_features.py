@@ -7,13 +7,16 @@ and every host call crosses the virtio-serial channel.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
+
+from typing_extensions import Unpack
 from typing import Any
 
 import pytest
 import trio
 
-from rlm_host.api import Conversation, HostTool, RunOptions, resume_rlm, run_rlm
+from rlm_host.api import Conversation, HostTool, RunOptionFields, RunOptions, resume_rlm, run_rlm
 from rlm_host.connection import GuestConnection
 from rlm_host.trajectory import Resumed, ToolCall, read_trajectory
 from tests.scripted_model import ChatRequest, Outcome, ScriptedModel
@@ -26,7 +29,7 @@ def fence(code: str) -> str:
     return f"```python\n{code}\n```"
 
 
-def options(url: str, trajectory: Path, **changes: Any) -> RunOptions:
+def options(url: str, trajectory: Path, **changes: Unpack[RunOptionFields]) -> RunOptions:
     base = RunOptions.of(model="scripted", llm_url=url, api="ollama", trajectory_path=trajectory, llm_backoff=0.001)
     return base.replace(**changes)
 
@@ -88,7 +91,7 @@ async def test_host_tools_in_the_vm(shared_vm: SharedVM, tmp_path: Path) -> None
             await everyone.wait()
             return i * i
 
-        tools = [add, fail, HostTool(stall, timeout=1.0), HostTool(meet, timeout=120)]
+        tools: list[Callable[..., Any] | HostTool] = [add, fail, HostTool(stall, timeout=1.0), HostTool(meet, timeout=120)]
         with ScriptedModel(tools_script) as server, trio.fail_after(300):
             return await run_rlm("task", options=options(server.url, trajectory, host_tools=tools), connection=connection)
 

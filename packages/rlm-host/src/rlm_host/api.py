@@ -41,7 +41,7 @@ from .connection import GuestConnection
 from .conversation import Conversation
 from .engine import Price, query_task
 from .errors import single_error
-from .options import DEFAULT_BLOCK_TIMEOUT, RunOptions
+from .options import DEFAULT_BLOCK_TIMEOUT, RunOptionFields, RunOptions
 from .resume import resume_rlm
 from .run_context import RunResult, open_run_context
 from .tools import HostTool
@@ -53,6 +53,7 @@ __all__ = [
     "HostTool",
     "Price",
     "RunEvents",
+    "RunOptionFields",
     "RunOptions",
     "RunResult",
     "open_run",

@@ -19,17 +19,19 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
+
+from typing_extensions import Unpack
 
 import trio
 
-from .engine import Limits
+from .engine import Limits, Price
 from .isolation import GuestOptions, Isolation, guest_argv
 from .llm import Api, DeltaCallback, LlmConfig
 from .tools import DEFAULT_TOOL_TIMEOUT, HostTool
 from .trajectory import EventSink
 
-__all__ = ["DEFAULT_BLOCK_TIMEOUT", "ModelOptions", "RunOptions"]
+__all__ = ["DEFAULT_BLOCK_TIMEOUT", "ModelOptions", "RunOptionFields", "RunOptions"]
 
 #: Seconds a block may run before the guest interrupts it (the seed's bash timeout).
 DEFAULT_BLOCK_TIMEOUT = 300.0
@@ -150,15 +152,15 @@ class RunOptions:
         return frozenset().union(*_FIELDS.values(), {"guest_command"}) - {"command"}
 
     @classmethod
-    def of(cls, **values: Any) -> RunOptions:
+    def of(cls, **values: Unpack[RunOptionFields]) -> RunOptions:
         """Options from flat names (``max_steps``, ``model``, ``isolation``, ``guest_command``,
         ``exec_timeout``...), each given to the part that has it; ``TypeError`` for an unknown
         name, ``ValueError`` for a bad value (``Limits`` checks its own)."""
         return cls().replace(**values)
 
-    def replace(self, **values: Any) -> RunOptions:
-        """These options with the flat names in ``values`` changed (see ``of``)."""
-        values = dict(values)
+    def replace(self, **changes: Unpack[RunOptionFields]) -> RunOptions:
+        """These options with the flat names in ``changes`` changed (see ``of``)."""
+        values: dict[str, Any] = dict(changes)
         if "isolation" in values:
             values["isolation"] = Isolation(values["isolation"])
         if "guest_command" in values:
@@ -179,6 +181,57 @@ class RunOptions:
             guest=dataclasses.replace(self.guest, **parts["guest"]),
             **parts[""],
         )
+
+
+class RunOptionFields(TypedDict, total=False):
+    """The flat names ``RunOptions.of`` and ``replace`` take, with their types, so that a type
+    checker catches a misspelt or mistyped option (``tests/test_options.py`` keeps this list
+    equal to the parts' fields). Where a part keeps a value in another form, the flat name takes
+    what a caller has: ``isolation`` a name, ``guest_command`` a shell string or an argv."""
+
+    # Limits
+    max_steps: int
+    max_depth: int
+    max_model_calls: int | None
+    max_tokens: int | None
+    max_seconds: float | None
+    concurrency: int
+    max_cost: float | None
+    prices: Mapping[str, Price]
+    context_tokens: int | None
+    # ModelOptions
+    model: str | None
+    llm_url: str | None
+    api: Api | None
+    stream: bool
+    llm_retries: int
+    llm_backoff: float
+    llm_timeout: float
+    think: bool | str | None
+    keep_alive: str | None
+    sub_model: str | None
+    sub_llm_url: str | None
+    sub_api: Api | None
+    models: Sequence[str]
+    # GuestOptions
+    isolation: Isolation | str
+    memory_mb: int
+    cpus: int | None
+    network: bool
+    guest_command: str | Sequence[str] | None
+    # RunOptions' own
+    tools: Sequence[str] | None
+    exec_timeout: float | None
+    trajectory_path: Path | None
+    record_trajectory: bool
+    on_event: EventSink | None
+    on_delta: DeltaCallback | None
+    model_limiter: trio.CapacityLimiter | None
+    host_tools: Sequence[Callable[..., Any] | HostTool]
+    tool_timeout: float
+    history_reasoning: bool
+    detect_truncation: bool
+    save_prompt: bool
 
 
 #: The field names of each part (``""``: RunOptions' own), for ``RunOptions.of``.
