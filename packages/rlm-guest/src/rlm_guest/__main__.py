@@ -30,6 +30,20 @@ def prepare_vm() -> None:
     global _prepared_pool
     if _prepared_pool is None:
         _prepared_pool = SharedBuffer(SHARED_BYTES_IN_A_VM, populate=True)
+    _full_lockup_reports()
+
+
+def _full_lockup_reports() -> None:
+    # A soft-lockup report names the stuck task; with ``quiet`` (console level 4) its registers
+    # and call trace are printed below the console's level. Level 5 prints them (warnings too,
+    # which a healthy VM does not print after its boot), and every CPU's backtrace is taken, so
+    # that one report says where each vCPU is stuck. In the snapshot: no cost to a restore.
+    for knob, value in (("kernel/printk", "5"), ("kernel/softlockup_all_cpu_backtrace", "1")):
+        try:
+            with open("/proc/sys/" + knob, "w") as f:
+                f.write(value)
+        except OSError:
+            pass
 
 
 def _protect_from_oom() -> None:
