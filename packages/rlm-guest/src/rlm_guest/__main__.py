@@ -8,6 +8,7 @@ import sys
 from rlm_protocol import DEFAULT_MAX_FRAME_BYTES, Limits
 
 from .agent import DEFAULT_LIMITS, Agent
+from .cgroups import prepare_cgroups
 from .channel import Channel, DeviceChannel, StdioChannel
 from .shared import SharedBuffer
 
@@ -25,11 +26,14 @@ def prepare_vm() -> None:
     ``rlm-agent-start`` (the image's start script) calls it before it waits for the host, which
     is where the VM snapshot is taken: every VM restored from the snapshot starts with the
     shared buffer's 17 MiB already paged in (~0.3 s of page faults under TCG, which the first
-    16 MiB prompt would pay otherwise). Its pages are zeros: the snapshot does not grow.
+    16 MiB prompt would pay otherwise). Its pages are zeros: the snapshot does not grow. The
+    cgroup tree is set up here too: its first memory cgroup makes the kernel rewrite its own
+    code, which must not happen in a restored VM (:func:`.cgroups.prepare_cgroups`).
     """
     global _prepared_pool
     if _prepared_pool is None:
         _prepared_pool = SharedBuffer(SHARED_BYTES_IN_A_VM, populate=True)
+    prepare_cgroups()
     _full_lockup_reports()
 
 
