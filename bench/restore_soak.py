@@ -43,9 +43,10 @@ async def soak(runs: int, hold: float, memory_mb: int, disk: Path | None = None,
                 ready = time.monotonic() - started
                 async with await connection.open_session() as session:
                     await session.exec("import os; os.getpid()")
+                first_block = time.monotonic() - started - ready
                 await trio.sleep(hold)
                 reported = "lockup" in vm.console_tail(20)
-            print(run, "ok", f"ready {ready:.2f}", "(a lockup report the host did not believe)" if reported else "", flush=True)
+            print(run, "ok", f"ready {ready:.2f}", f"first block {first_block:.2f}", "(a lockup report the host did not believe)" if reported else "", flush=True)
         except VMLockupError as error:
             failures += 1
             print(run, "LOCKUP", error, flush=True)
