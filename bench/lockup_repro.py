@@ -9,6 +9,10 @@ runs (``kill``: SIGKILL, QEMU dies by PDEATHSIG; ``int``: SIGINT, a clean end; `
 first command at all), then ``rlm exec -c "print('next')"``. One line per round: ``ok`` with
 the second command's seconds, or ``LOCKUP`` with the host's error (report, vCPU registers,
 console tail) written to ``--out``/round-<n>.txt.
+
+Found with it (docs/decisions.md, bench/results/restore_lockup.txt): the kill does not matter, a
+plain start (``--mode none``) locked up too, on a loaded host; the cause was the kernel rewriting
+its memory-cgroup static keys right after the restore.
 """
 
 from __future__ import annotations
