@@ -1,7 +1,7 @@
 """A guest kernel that locks up ends its VM, typed and fast; in a start, the start is made again.
 
 A real lockup cannot be provoked on demand (a restored guest locked up about once in 25 batches,
-cause unknown: docs/scaling.md). The VM tests write the kernel's report line into the guest's
+before its cause, a kernel code rewrite right after the restore, was removed: docs/decisions.md). The VM tests write the kernel's report line into the guest's
 kernel log as the soft-lockup detector would (``kernel/watchdog.c``: ``BUG: soft lockup - CPU#%d
 stuck for %us! [%s:%d]``, printed at level ``KERN_EMERG``, so on the console despite ``quiet``),
 with a lowered limit; the verdict itself (starved or not) is tested on samples.

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
+import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -15,8 +18,11 @@ import trio
 
 from rlm_host.connection import GuestConnection
 from rlm_host.errors import GuestDiedError
-from rlm_host.vm import VMConfig, VMDiedError, find_image, open_vm
+from rlm_host.vm import VMConfig, VMDiedError, find_image, find_qemu, open_vm
+from rlm_host.vm.accel import probe_accel
+from rlm_host.vm.command import qemu_command
 from rlm_host.vm.connect import prepare_vm_config
+from rlm_host.vm.qmp import QMPClient
 
 from tests.vm_harness import SharedVM, run_block
 
@@ -42,6 +48,60 @@ async def test_no_kernel_watchdog_can_kill_a_slow_guest(shared_vm: SharedVM) -> 
         "softlockup_panic": "0", "hardlockup_panic": "0", "hung_task_panic": "0",
         "panic_on_rcu_stall": "0", "panic": "-1",
     }
+
+
+async def _paused_restore_hmp(config: VMConfig, commands: list[str]) -> list[str]:
+    """Load ``config``'s snapshot without resuming it and run QEMU monitor commands on it."""
+    assert config.restore_from is not None
+    qemu = find_qemu()
+    assert qemu is not None
+    accel = config.accel if config.accel is not None else await trio.to_thread.run_sync(probe_accel)
+    run_dir = Path(tempfile.mkdtemp(prefix="rlm-peek-"))  # short: unix socket paths
+    argv = qemu_command(config, qemu=qemu, accel=accel, run_dir=run_dir, console=run_dir / "console.log")
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def alive() -> None:
+        assert process.poll() is None, "QEMU exited while loading the snapshot"
+
+    try:
+        with trio.fail_after(120):
+            qmp = await QMPClient.connect(run_dir / "qmp.sock", check_alive=alive)
+            try:
+                while (await qmp.execute("query-status"))["status"] == "inmigrate":
+                    await trio.sleep(0.02)
+                return [str(await qmp.execute("human-monitor-command", **{"command-line": c})) for c in commands]
+            finally:
+                await qmp.aclose()
+    finally:
+        process.kill()
+        process.wait()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+async def test_memory_cgroup_accounting_is_switched_on_in_the_snapshot(
+    shared_vm: SharedVM, vm_config: VMConfig
+) -> None:
+    """The guest kernel switches its memory-cgroup accounting on (static keys) at its first
+    memory cgroup by rewriting its own code; done right after a restore, with a just-forked
+    session process on the other vCPU, that rewrite sometimes left both vCPUs trapping for ever on
+    a stale TCG translation of its ``int3`` (docs/decisions.md). The agent makes a memory cgroup
+    before the snapshot is taken and keeps it, so the keys are on in the saved state itself.
+
+    Read where it matters: the saved state, loaded and not resumed (QEMU's ``x`` command reads the
+    paused guest's memory; ``nokaslr``, so the key's address from a running VM's
+    ``/proc/kallsyms`` holds). A cgroup made after the restore instead leaves the keys at 0.
+    """
+    result = await run_block(
+        shared_vm,
+        "grep -E ' (memcg_kmem_enabled_key|memcg_kmem_online_key|memcg_sockets_enabled_key)$' /proc/kallsyms",
+        "bash",
+    )
+    keys = {line.split()[2]: int(line.split()[0], 16) for line in result.stdout.text.splitlines()}
+    assert "memcg_sockets_enabled_key" in keys and len(keys) == 2, result
+    replies = await _paused_restore_hmp(vm_config, [f"x /1wx {address:#x}" for address in keys.values()])
+    # "ffffffff840464b0: 0x00000001": the key's ``enabled`` count, the first word of the struct.
+    counts = {name: int(reply.split()[-1], 16) for name, reply in zip(keys, replies)}
+    assert all(count >= 1 for count in counts.values()), counts
 
 
 async def test_a_kernel_panic_ends_the_vm(vm_config: VMConfig) -> None:

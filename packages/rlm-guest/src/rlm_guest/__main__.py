@@ -8,6 +8,7 @@ import sys
 from rlm_protocol import DEFAULT_MAX_FRAME_BYTES, Limits
 
 from .agent import DEFAULT_LIMITS, Agent
+from .cgroups import prepare_cgroups
 from .channel import Channel, DeviceChannel, StdioChannel
 from .shared import SharedBuffer
 
@@ -25,11 +26,28 @@ def prepare_vm() -> None:
     ``rlm-agent-start`` (the image's start script) calls it before it waits for the host, which
     is where the VM snapshot is taken: every VM restored from the snapshot starts with the
     shared buffer's 17 MiB already paged in (~0.3 s of page faults under TCG, which the first
-    16 MiB prompt would pay otherwise). Its pages are zeros: the snapshot does not grow.
+    16 MiB prompt would pay otherwise). Its pages are zeros: the snapshot does not grow. The
+    cgroup tree is set up here too: its first memory cgroup makes the kernel rewrite its own
+    code, which must not happen in a restored VM (:func:`.cgroups.prepare_cgroups`).
     """
     global _prepared_pool
     if _prepared_pool is None:
         _prepared_pool = SharedBuffer(SHARED_BYTES_IN_A_VM, populate=True)
+    prepare_cgroups()
+    _full_lockup_reports()
+
+
+def _full_lockup_reports() -> None:
+    # A soft-lockup report names the stuck task; with ``quiet`` (console level 4) its registers
+    # and call trace are printed below the console's level. Level 5 prints them (warnings too,
+    # which a healthy VM does not print after its boot), and every CPU's backtrace is taken, so
+    # that one report says where each vCPU is stuck. In the snapshot: no cost to a restore.
+    for knob, value in (("kernel/printk", "5"), ("kernel/softlockup_all_cpu_backtrace", "1")):
+        try:
+            with open("/proc/sys/" + knob, "w") as f:
+                f.write(value)
+        except OSError:
+            pass
 
 
 def _protect_from_oom() -> None:

@@ -19,7 +19,7 @@ import os
 import select
 import time
 
-__all__ = ["SessionCgroups"]
+__all__ = ["SessionCgroups", "prepare_cgroups"]
 
 _ROOT = "/sys/fs/cgroup"
 
@@ -29,6 +29,9 @@ DEFAULT_PIDS_MAX = 512
 
 #: Share of the guest's memory one session may use before its processes are killed together.
 MEMORY_SHARE = 0.8
+
+#: A cgroup made before the VM snapshot and never removed (see :func:`prepare_cgroups`).
+RESIDENT = f"{_ROOT}/rlm-resident"
 
 
 def _write(path: str, text: str) -> None:
@@ -42,6 +45,30 @@ def _memory_total() -> int:
             if line.startswith("MemTotal:"):
                 return int(line.split()[1]) * 1024
     raise OSError("no MemTotal in /proc/meminfo")
+
+
+def prepare_cgroups() -> bool:
+    """Set up the cgroup tree and make one memory cgroup that stays, before the VM snapshot.
+
+    Why: the first memory cgroup of a kernel's life switches on the kernel's memory-cgroup
+    accounting (static keys: ``memcg_kmem_enabled_key``; ``memcg_sockets_enabled_key`` counts
+    the memory cgroups in being), and the kernel switches a static key by rewriting its own
+    code while the other CPUs run (``text_poke_bp``: an ``int3`` written over each site, then
+    the new instruction). Made after a restore, that rewrite ran while the other vCPU was in the
+    very code being rewritten (a session process just forked), and QEMU's multi-threaded TCG
+    sometimes went on executing its stale translation of the ``int3``: both vCPUs trapped on it
+    for ever (``kmem_cache_alloc_lru+0x62``, a soft lockup on both CPUs; docs/decisions.md).
+    Made here, in the snapshot, the switch happens once, in the boot that makes the snapshot,
+    and stays on in every restored VM: a cgroup that is never removed keeps the count above 0.
+    False when cgroups are not available (sessions then run without them).
+    """
+    if not SessionCgroups(True).enabled:
+        return False
+    try:
+        os.makedirs(RESIDENT, exist_ok=True)
+    except OSError:
+        return False
+    return True
 
 
 class SessionCgroups:
