@@ -122,7 +122,7 @@ class Agent:
         #: When the loop reaps exited children next, however busy.
         self._reap_due = 0.0
         #: Closed sessions whose processes were sent SIGKILL but whose teardown (waiting for
-        #: the cgroup to empty, reaping, the reply, the next spare) waits for a quiet moment,
+        #: the cgroup to empty, reaping, the reply) waits for a quiet moment,
         #: with the ``CloseSession`` and when it came: see ``_on_close_session``.
         self._closing: collections.deque[tuple[SessionProcess, CloseSession, float]] = (
             collections.deque()
@@ -319,6 +319,12 @@ class Agent:
             return
         self._processes.spawn(frame.session, frame.cwd, frame.prompt_refs)
         self.send(SessionOpened(session=frame.session, call=frame.call))
+        # The next spare, after the reply: the fork no longer stands between a close's reply
+        # and the next open (back-to-back opens waited for it). At this fixed point of the
+        # frame stream, not whenever the agent is idle, so that what a session sees in the
+        # process table is deterministic: every block of a session runs with one spare beside
+        # it.
+        self._processes.ensure_spare()
 
     def _on_bind_refs(self, frame: BindRefs, raw: bytes | bytearray) -> None:
         process = self._processes.processes.get(frame.session)
@@ -375,8 +381,8 @@ class Agent:
             self._unknown_session(frame.session, frame.call)
             return
         # The session is gone for the host at once (its frames are refused, its processes got
-        # SIGKILL); the rest of the teardown costs ~10-30 ms under TCG, most of it the next
-        # spare's fork, and waits until no frame is ready (at most _CLOSE_AT_THE_LATEST): when
+        # SIGKILL); the rest of the teardown costs ~10-30 ms under TCG and waits until no
+        # frame is ready (at most _CLOSE_AT_THE_LATEST): when
         # a parent's children end together, their closes must not hold up the parent's result.
         self._processes.discard(process, wait=False)
         self._kept.drop(frame.session)
@@ -386,9 +392,6 @@ class Agent:
         process, frame, _ = self._closing.popleft()
         self._processes.finish_discard(process)
         self.send(SessionClosed(session=frame.session, call=frame.call))
-        # After the reply, and at a fixed point of the frame stream rather than whenever the
-        # agent is idle, so that what a session sees in the process table is deterministic.
-        self._processes.ensure_spare()
 
     def _on_shutdown(self) -> None:
         while self._closing:

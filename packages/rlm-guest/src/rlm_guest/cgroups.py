@@ -30,6 +30,11 @@ DEFAULT_PIDS_MAX = 512
 #: Share of the guest's memory one session may use before its processes are killed together.
 MEMORY_SHARE = 0.8
 
+_MS_REMOUNT = 32
+
+#: cgroup2 mount options that a remount must repeat to keep (it resets the ones it omits).
+_ROOT_FLAGS = ("nsdelegate", "memory_localevents", "memory_recursiveprot")
+
 
 def _write(path: str, text: str) -> None:
     with open(path, "w") as f:
@@ -56,8 +61,11 @@ class SessionCgroups:
         try:
             if not os.path.exists(f"{_ROOT}/cgroup.controllers"):
                 libc = ctypes.CDLL(None, use_errno=True)
-                if libc.mount(b"cgroup2", _ROOT.encode(), b"cgroup2", 0, None) != 0:
-                    return False
+                if libc.mount(b"cgroup2", _ROOT.encode(), b"cgroup2", 0, b"favordynmods") != 0:
+                    if libc.mount(b"cgroup2", _ROOT.encode(), b"cgroup2", 0, None) != 0:
+                        return False
+            else:
+                _favor_dynamic_changes()
             with open(f"{_ROOT}/cgroup.controllers") as f:
                 available = f.read().split()
             wanted = [c for c in ("pids", "memory") if c in available]
@@ -70,8 +78,12 @@ class SessionCgroups:
         except OSError:
             return False
 
-    def place(self, name: str, pid: int) -> str | None:
-        """Put process ``pid`` (a session process that has not run any code yet) in a new cgroup."""
+    def make(self, name: str) -> str | None:
+        """Create and configure the cgroup for the next session process; None without cgroups.
+
+        The process joins it itself (:meth:`join`), first thing after its fork: the move costs
+        several milliseconds, which the agent's loop then does not wait for.
+        """
         if not self.enabled:
             return None
         path = f"{_ROOT}/rlm-{name}"
@@ -81,10 +93,28 @@ class SessionCgroups:
             if self.memory_max is not None:
                 _write(f"{path}/memory.max", str(self.memory_max))
                 _write(f"{path}/memory.oom.group", "1")
-            _write(f"{path}/cgroup.procs", str(pid))
         except OSError:
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
             return None
         return path
+
+    @staticmethod
+    def join(path: str) -> None:
+        """In a session process before it runs any other code: move into its cgroup.
+
+        When the move fails the cgroup is removed, so that the agent, finding no cgroup to kill,
+        falls back to killing the session's processes by ``/proc`` (``processes.kill_session``).
+        """
+        try:
+            _write(f"{path}/cgroup.procs", "0")
+        except OSError:
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
 
     @staticmethod
     def members(path: str) -> list[int]:
@@ -127,6 +157,30 @@ class SessionCgroups:
             os.rmdir(path)
         except OSError:
             pass
+
+
+def _favor_dynamic_changes() -> None:
+    """Remount the cgroup2 hierarchy with ``favordynmods`` (Linux 6.0+), where it lacks it.
+
+    Moving a process into a cgroup (every new session process) otherwise waits for an RCU grace
+    period: 16-25 ms under TCG, 5-6 ms with the option (measured in the VM, 8 moves each). The
+    price, a plain instead of a per-CPU lock taken by every fork and exit, did not show in the
+    same measurement (fork 9-10 ms either way). On an older kernel the remount fails and nothing
+    changes.
+    """
+    try:
+        with open("/proc/self/mounts") as mounts:
+            options = next(
+                (line.split()[3].split(",") for line in mounts if line.split()[1:3] == [_ROOT, "cgroup2"]),
+                None,
+            )
+    except OSError:
+        return
+    if options is None or "favordynmods" in options:
+        return
+    wanted = ",".join(["favordynmods", *[flag for flag in options if flag in _ROOT_FLAGS]])
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount(b"cgroup2", _ROOT.encode(), b"cgroup2", _MS_REMOUNT, wanted.encode())
 
 
 def _wait_empty(path: str, timeout: float) -> None:
