@@ -34,18 +34,6 @@ Final = sorted(_rows)
 """
 
 
-def agent_children(table: list[list[Any]], rows: list[list[Any]]) -> list[list[Any]]:
-    """Those of ``rows`` that are the agent's own processes in ``table`` (its session processes
-    and the spare: its children running its code).
-
-    The agent keeps one spare session process beside every open session, forked after each
-    ``open_session`` reply (docs/decisions.md), so a probe sees a spare of a different pid every
-    time it looks; before its ``setsid`` a spare is still in the agent's session.
-    """
-    (agent,) = [row for row in table if "rlm-agent-start" in row[3] and row[1] == 1]
-    return [row for row in rows if row[1] == agent[0] and row[3] == agent[3]]
-
-
 async def guest_processes(connection: GuestConnection) -> list[list[Any]]:
     """The guest's user-space processes, seen from a fresh session (which is left out)."""
     async with await connection.open_session() as probe:

@@ -319,12 +319,8 @@ class Agent:
             return
         self._processes.spawn(frame.session, frame.cwd, frame.prompt_refs)
         self.send(SessionOpened(session=frame.session, call=frame.call))
-        # The next spare, after the reply: the fork no longer stands between a close's reply
-        # and the next open (back-to-back opens waited for it). At this fixed point of the
-        # frame stream, not whenever the agent is idle, so that what a session sees in the
-        # process table is deterministic: every block of a session runs with one spare beside
-        # it.
-        self._processes.ensure_spare()
+        # No fork here: the spare just taken is replaced after the next block's result (or the
+        # next close's reply), while the host reads that result (relay.py).
 
     def _on_bind_refs(self, frame: BindRefs, raw: bytes | bytearray) -> None:
         process = self._processes.processes.get(frame.session)
@@ -392,6 +388,10 @@ class Agent:
         process, frame, _ = self._closing.popleft()
         self._processes.finish_discard(process)
         self.send(SessionClosed(session=frame.session, call=frame.call))
+        # When no block's result came since the spare was taken. After the reply, and at a fixed
+        # point of the frame stream rather than whenever the agent is idle, so that what a
+        # session sees in the process table is deterministic.
+        self._processes.ensure_spare()
 
     def _on_shutdown(self) -> None:
         while self._closing:

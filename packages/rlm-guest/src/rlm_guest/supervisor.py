@@ -131,7 +131,7 @@ class Supervisor:
     def spawn(self, session: str, cwd: str | None, prompt_refs: bool = False) -> SessionProcess:
         """Give ``session`` a fresh process: the spare if there is one.
 
-        The caller forks the next spare (``ensure_spare``) once it has answered the request.
+        The next spare is forked later (``ensure_spare``), after the next block's result.
         """
         process, self.spare = self.spare, None
         if process is None:
@@ -143,8 +143,8 @@ class Supervisor:
         return process
 
     def ensure_spare(self) -> None:
-        """Fork a spare if there is none (after the handshake, and after each reply to a
-        request that took the spare: an ``open_session``, a reset)."""
+        """Fork a spare if there is none: after the handshake, after each block's result
+        (``relay.py``; a reset's too) and after each ``close_session`` reply."""
         # Forking costs ~10 ms under TCG and the new process's setup several times that; a
         # spare does both ahead of time, so that opening a session only names it.
         if self.spare is None:
@@ -321,7 +321,6 @@ class Supervisor:
         fresh = self.spawn(process.session, process.cwd, process.prompt_refs)
         if call is None:
             fresh.lost = True
-            self.ensure_spare()
             return
         self.send(
             ExecResult(
