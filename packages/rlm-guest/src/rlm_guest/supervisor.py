@@ -52,13 +52,6 @@ _CALL_ID_BLOCK = 1 << 32
 _SWEEP_AT_THE_LATEST = 1.0
 
 
-def _normal_priority(tid: int) -> None:
-    try:
-        os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
-    except OSError:
-        pass  # it died: its end-of-stream is handled as a death
-
-
 @dataclass(eq=False)
 class SessionProcess:
     """The agent's handle on one session process."""
@@ -146,10 +139,6 @@ class Supervisor:
         process.session, process.cwd, process.prompt_refs = session, cwd, prompt_refs
         activate = Activate(session=session, cwd=cwd, prompt_refs=prompt_refs)
         self.send_to(process, self._encoder.encode(activate))
-        if process.cgroup is not None:
-            # Its main thread (the rest of its setup, then the blocks) at the normal priority
-            # from now on; the process restores its other threads when it reads the activation.
-            _normal_priority(process.pid)
         self.processes[session] = process
         return process
 
@@ -176,12 +165,6 @@ class Supervisor:
             try:
                 if cgroup is not None:
                     self._cgroups.join(cgroup)
-                    # Set up at the lowest priority until it serves a session (in a VM only:
-                    # leaving SCHED_IDLE needs root). A spare is forked when a block ends, as
-                    # the host is about to close a session: at the normal priority its setup,
-                    # ~50-100 ms of CPU under TCG, came before the closed session's teardown
-                    # (nice 19) that the close waits for.
-                    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
                 parent_sock.close()
                 self._close_inherited()
                 worker_main(
@@ -190,7 +173,6 @@ class Supervisor:
                     max_output_chars=self.limits.max_output_chars,
                     max_frame_bytes=self.limits.max_frame_bytes,
                     interrupts=interrupts,
-                    idle_until_active=cgroup is not None,
                 )
             except BaseException:
                 traceback.print_exc()

@@ -89,16 +89,6 @@ def _oom_first() -> None:
         pass
 
 
-def _leave_idle_priority() -> None:
-    # Per thread: those started during the setup inherited SCHED_IDLE (the agent restored the
-    # main thread already, at the activation).
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setscheduler(int(tid), os.SCHED_OTHER, os.sched_param(0))
-        except OSError:
-            pass
-
-
 class _Link:
     """Frames to the agent over the socket, one writer at a time."""
 
@@ -149,15 +139,13 @@ def worker_main(
     max_output_chars: int,
     max_frame_bytes: int,
     interrupts: InterruptSlot,
-    idle_until_active: bool = False,
 ) -> None:
     """Set up, wait to be given a session, serve it until the agent closes the socket; never
     returns normally.
 
     The agent forks this process with SIGINT blocked: until the session's handler is installed,
     an interrupt is ignored (its block's start finds it in ``interrupts``), never the death of a
-    process still starting. ``idle_until_active``: the agent forked it at ``SCHED_IDLE``; every
-    thread returns to the normal policy with the activation.
+    process still starting.
     """
     signal.signal(signal.SIGINT, lambda signum, frame: None)
     os.setsid()
@@ -179,8 +167,6 @@ def worker_main(
         buffer = memoryview(bytearray(1 << 20))
         try:
             activation = _await_activation(sock)
-            if idle_until_active:
-                _leave_idle_priority()
             session_id = activation.session
             host_calls = HostCalls(link.send, first_call_id)
 
