@@ -168,9 +168,14 @@ class Agent:
         self._selector.register(host_fd, selectors.EVENT_READ, None)
         try:
             while True:
-                events = self._selector.select(self._next_timeout())
+                timeout = self._next_timeout()
+                events = self._selector.select(timeout)
                 sweep_due = self._processes.sweep_due
-                if sweep_due is not None and (not events or time.monotonic() >= sweep_due):
+                # A quiet moment is a wait that found no frame, not a look (the timeout of 0
+                # while a close is pending): the sweep, a /proc scan of 20-60 ms under TCG, ran
+                # in the next close of a back-to-back loop and doubled it.
+                quiet = not events and timeout != 0.0
+                if sweep_due is not None and (quiet or time.monotonic() >= sweep_due):
                     self._processes.sweep_strays()
                 for key, mask in events:
                     if key.fd == host_fd:
