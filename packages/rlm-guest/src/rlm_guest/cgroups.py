@@ -30,10 +30,6 @@ DEFAULT_PIDS_MAX = 512
 #: Share of the guest's memory one session may use before its processes are killed together.
 MEMORY_SHARE = 0.8
 
-_MS_REMOUNT = 32
-
-#: cgroup2 mount options that a remount must repeat to keep (it resets the ones it omits).
-_ROOT_FLAGS = ("nsdelegate", "memory_localevents", "memory_recursiveprot")
 
 
 def _write(path: str, text: str) -> None:
@@ -60,12 +56,15 @@ class SessionCgroups:
     def _setup(self) -> bool:
         try:
             if not os.path.exists(f"{_ROOT}/cgroup.controllers"):
+                # favordynmods (Linux 6.0+): moving a process into a cgroup (every new session
+                # process) otherwise waits for an RCU grace period, 16-25 ms under TCG against
+                # 5-6 ms with it (8 moves each in the VM). Its price, a plain instead of a
+                # per-CPU lock in every fork and exit, did not show there (fork 9-10 ms either
+                # way). An older kernel refuses the option: mounted without it.
                 libc = ctypes.CDLL(None, use_errno=True)
                 if libc.mount(b"cgroup2", _ROOT.encode(), b"cgroup2", 0, b"favordynmods") != 0:
                     if libc.mount(b"cgroup2", _ROOT.encode(), b"cgroup2", 0, None) != 0:
                         return False
-            else:
-                _favor_dynamic_changes()
             with open(f"{_ROOT}/cgroup.controllers") as f:
                 available = f.read().split()
             wanted = [c for c in ("pids", "memory") if c in available]
@@ -157,30 +156,6 @@ class SessionCgroups:
             os.rmdir(path)
         except OSError:
             pass
-
-
-def _favor_dynamic_changes() -> None:
-    """Remount the cgroup2 hierarchy with ``favordynmods`` (Linux 6.0+), where it lacks it.
-
-    Moving a process into a cgroup (every new session process) otherwise waits for an RCU grace
-    period: 16-25 ms under TCG, 5-6 ms with the option (measured in the VM, 8 moves each). The
-    price, a plain instead of a per-CPU lock taken by every fork and exit, did not show in the
-    same measurement (fork 9-10 ms either way). On an older kernel the remount fails and nothing
-    changes.
-    """
-    try:
-        with open("/proc/self/mounts") as mounts:
-            options = next(
-                (line.split()[3].split(",") for line in mounts if line.split()[1:3] == [_ROOT, "cgroup2"]),
-                None,
-            )
-    except OSError:
-        return
-    if options is None or "favordynmods" in options:
-        return
-    wanted = ",".join(["favordynmods", *[flag for flag in options if flag in _ROOT_FLAGS]])
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mount(b"cgroup2", _ROOT.encode(), b"cgroup2", _MS_REMOUNT, wanted.encode())
 
 
 def _wait_empty(path: str, timeout: float) -> None:
