@@ -100,6 +100,35 @@ async def test_filling_tmp_fails_in_the_guest(shared_vm: SharedVM) -> None:
 
 
 @pytest.mark.vm
+async def test_every_session_process_is_in_a_cgroup_of_its_own(shared_vm: SharedVM) -> None:
+    # A session process moves itself into the cgroup the agent made for it, first thing after
+    # its fork (docs/decisions.md): two sessions, two cgroups with the session's limits, none
+    # the agent's. The hierarchy is mounted with favordynmods (the move is then cheap).
+    code = (
+        "import os\n"
+        "(line,) = open('/proc/self/cgroup').read().split()\n"
+        "path = '/sys/fs/cgroup' + line.split('::', 1)[1]\n"
+        "mount = [l.split()[3] for l in open('/proc/mounts') if l.split()[1] == '/sys/fs/cgroup']\n"
+        "Final = {'cgroup': line, 'pids_max': open(path + '/pids.max').read().strip(),\n"
+        "         'agent': open(f'/proc/{os.getppid()}/cgroup').read().strip(), 'mount': mount}\n"
+    )
+
+    async def go(conn: GuestConnection) -> Any:
+        async with await conn.open_session() as a, await conn.open_session() as b:
+            return [await a.exec(code), await b.exec(code)]
+
+    results = await shared_vm.run(go)
+    seen = [result.final.value for result in results if result.final is not None and result.final.ok]
+    assert len(seen) == 2, results
+    print(f"\n[figure] session cgroups: {seen}")
+    assert seen[0]["cgroup"] != seen[1]["cgroup"]
+    for one in seen:
+        assert one["cgroup"].startswith("0::/rlm-") and one["cgroup"] != one["agent"], one
+        assert one["pids_max"] == "512"
+        assert "favordynmods" in one["mount"][0].split(","), one
+
+
+@pytest.mark.vm
 async def test_nothing_runs_outside_a_session(shared_vm: SharedVM) -> None:
     # Whatever ran before in this VM (the hostile blocks of this folder among others): every
     # process is init, the agent, or belongs to a session the host still has open.

@@ -122,7 +122,7 @@ class Agent:
         #: When the loop reaps exited children next, however busy.
         self._reap_due = 0.0
         #: Closed sessions whose processes were sent SIGKILL but whose teardown (waiting for
-        #: the cgroup to empty, reaping, the reply, the next spare) waits for a quiet moment,
+        #: the cgroup to empty, reaping, the reply) waits for a quiet moment,
         #: with the ``CloseSession`` and when it came: see ``_on_close_session``.
         self._closing: collections.deque[tuple[SessionProcess, CloseSession, float]] = (
             collections.deque()
@@ -168,9 +168,14 @@ class Agent:
         self._selector.register(host_fd, selectors.EVENT_READ, None)
         try:
             while True:
-                events = self._selector.select(self._next_timeout())
+                timeout = self._next_timeout()
+                events = self._selector.select(timeout)
                 sweep_due = self._processes.sweep_due
-                if sweep_due is not None and (not events or time.monotonic() >= sweep_due):
+                # A quiet moment is a wait that found no frame, not a look (the timeout of 0
+                # while a close is pending): the sweep, a /proc scan of 20-60 ms under TCG, ran
+                # in the next close of a back-to-back loop and doubled it.
+                quiet = not events and timeout != 0.0
+                if sweep_due is not None and (quiet or time.monotonic() >= sweep_due):
                     self._processes.sweep_strays()
                 for key, mask in events:
                     if key.fd == host_fd:
@@ -319,6 +324,8 @@ class Agent:
             return
         self._processes.spawn(frame.session, frame.cwd, frame.prompt_refs)
         self.send(SessionOpened(session=frame.session, call=frame.call))
+        # No fork here: the spare just taken is replaced after the next block's result (or the
+        # next close's reply), while the host reads that result (relay.py).
 
     def _on_bind_refs(self, frame: BindRefs, raw: bytes | bytearray) -> None:
         process = self._processes.processes.get(frame.session)
@@ -375,8 +382,8 @@ class Agent:
             self._unknown_session(frame.session, frame.call)
             return
         # The session is gone for the host at once (its frames are refused, its processes got
-        # SIGKILL); the rest of the teardown costs ~10-30 ms under TCG, most of it the next
-        # spare's fork, and waits until no frame is ready (at most _CLOSE_AT_THE_LATEST): when
+        # SIGKILL); the rest of the teardown costs ~10-30 ms under TCG and waits until no
+        # frame is ready (at most _CLOSE_AT_THE_LATEST): when
         # a parent's children end together, their closes must not hold up the parent's result.
         self._processes.discard(process, wait=False)
         self._kept.drop(frame.session)
@@ -386,8 +393,9 @@ class Agent:
         process, frame, _ = self._closing.popleft()
         self._processes.finish_discard(process)
         self.send(SessionClosed(session=frame.session, call=frame.call))
-        # After the reply, and at a fixed point of the frame stream rather than whenever the
-        # agent is idle, so that what a session sees in the process table is deterministic.
+        # When no block's result came since the spare was taken. After the reply, and at a fixed
+        # point of the frame stream rather than whenever the agent is idle, so that what a
+        # session sees in the process table is deterministic.
         self._processes.ensure_spare()
 
     def _on_shutdown(self) -> None:

@@ -84,6 +84,7 @@ class SessionRelay:
         except ProtocolError as error:
             self._processes.reset(process, ExecError(name="SessionDied", value=f"protocol error: {error}"))
             return
+        ended = False
         for raw in frames:
             envelope = decode_envelope(raw)
             if envelope.kind == "buffer_released":
@@ -98,6 +99,7 @@ class SessionRelay:
                     return
                 continue
             if envelope.kind == "exec_result" and envelope.call == process.running:
+                ended = True
                 if process.grace is not None:
                     # An interrupted block: the session lives on, but nothing it started
                     # may (a fork bomb's children, a pipeline in the background).
@@ -109,6 +111,14 @@ class SessionRelay:
                     self._send_marked_reset(raw)
                     continue
             self._write(raw)
+        if ended:
+            # The spare an open took is replaced here, once the result is on its way: the host
+            # reads it and, in a run, waits for its model, while the agent forks (~10 ms under
+            # TCG). Forked after the open's reply, the fork delayed the session's first block;
+            # after the previous close's reply, it delayed a back-to-back open. A block's result
+            # is a fixed point of the frame stream: the process table a block sees does not
+            # depend on timing (a session's first block sees no spare, its later ones one).
+            self._processes.ensure_spare()
 
     def _send_marked_reset(self, raw: bytes | bytearray) -> None:
         """Relay the first result after a process died between blocks, saying the state is gone.

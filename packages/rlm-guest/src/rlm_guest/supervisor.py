@@ -129,7 +129,10 @@ class Supervisor:
         self.sweep_due: float | None = None
 
     def spawn(self, session: str, cwd: str | None, prompt_refs: bool = False) -> SessionProcess:
-        """Give ``session`` a fresh process: the spare if there is one."""
+        """Give ``session`` a fresh process: the spare if there is one.
+
+        The next spare is forked later (``ensure_spare``), after the next block's result.
+        """
         process, self.spare = self.spare, None
         if process is None:
             process = self._fork()
@@ -140,7 +143,9 @@ class Supervisor:
         return process
 
     def ensure_spare(self) -> None:
-        # Forking costs ~16 ms under TCG and the new process's setup about as much again; a
+        """Fork a spare if there is none: after the handshake, after each block's result
+        (``relay.py``; a reset's too) and after each ``close_session`` reply."""
+        # Forking costs ~10 ms under TCG and the new process's setup several times that; a
         # spare does both ahead of time, so that opening a session only names it.
         if self.spare is None:
             self.spare = self._fork()
@@ -150,12 +155,16 @@ class Supervisor:
         interrupts = InterruptSlot()
         self._spawned += 1
         first_call_id = self._spawned * _CALL_ID_BLOCK + 1
+        # Made before the fork, joined by the process itself (``SessionCgroups.join``).
+        cgroup = self._cgroups.make(f"{os.getpid()}-{self._spawned}")
         # Blocked across the fork: the new process unblocks it once a SIGINT cannot kill it.
         sigmask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         pid = os.fork()
         if pid == 0:  # the session process
             code = 70
             try:
+                if cgroup is not None:
+                    self._cgroups.join(cgroup)
                 parent_sock.close()
                 self._close_inherited()
                 worker_main(
@@ -180,8 +189,7 @@ class Supervisor:
             decoder=FrameDecoder(self.limits.max_frame_bytes),
             interrupts=interrupts,
         )
-        # Before the process can run any code (it runs blocks only when we forward them).
-        process.cgroup = self._cgroups.place(f"{os.getpid()}-{self._spawned}", pid)
+        process.cgroup = cgroup
         self.by_fd[parent_sock.fileno()] = process
         self._selector.register(parent_sock, selectors.EVENT_READ, None)
         return process
@@ -232,6 +240,11 @@ class Supervisor:
                 pass
         if process.cgroup is not None and self._cgroups.start_kill(process.cgroup):
             process.killed = True
+            # A spare may not have moved into its cgroup yet (it does so itself).
+            try:
+                os.kill(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             if wait:
                 self.finish_discard(process)
             return
@@ -320,6 +333,7 @@ class Supervisor:
                 session_reset=True,
             )
         )
+        self.ensure_spare()
 
     def deadlines(self) -> list[float]:
         """When a block is due for its interrupt or its reset."""
