@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import trio
@@ -235,19 +236,21 @@ async def test_interrupt_stops_a_busy_loop_and_the_session_lives_on(
     assert after.stdout.text == "1\n"
 
 
-async def test_interrupt_frame_stops_a_bash_pipeline(connection: GuestConnection) -> None:
+async def test_interrupt_frame_stops_a_bash_pipeline(connection: GuestConnection, tmp_path: Path) -> None:
     session = await connection.open_session()
+    # The local guest shares this machine's files: the pipeline says it runs, then the interrupt
+    # goes (one sent before the block starts stops it at its start, with no pipeline to kill).
+    running = tmp_path / "running"
     async with trio.open_nursery() as nursery:
         results = []
 
         async def run() -> None:
-            results.append(await session.exec("sleep 600 | cat", "bash"))
+            results.append(await session.exec(f"touch {running}; sleep 600 | cat", "bash"))
 
         nursery.start_soon(run)
-        # The interrupt may arrive before the block starts; keep sending until it lands.
-        while not results:
-            await session.interrupt()
-            await trio.sleep(0.05)
+        while not running.exists():
+            await trio.sleep(0.01)
+        await session.interrupt()
     assert results[0].interrupted
     assert results[0].returncode is not None and results[0].returncode < 0, results[0]
 

@@ -260,6 +260,11 @@ class Session:
         if self._running is None or not self._interrupts.requested(self._call):
             # For a block that has not started (its start sees the slot) or that has ended.
             return
+        if self._interrupted:
+            # Already stopping: the block's start found the slot before this signal came, and a
+            # second KeyboardInterrupt, raised while the first is handled, would escape ``run``
+            # and end the process (the session reset instead of an interrupted block).
+            return
         self._interrupted = True
         if self._running == "bash":
             if self._bash_pid is not None:
