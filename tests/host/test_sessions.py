@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from rlm_host import GuestConnection, GuestDiedError, SessionError, open_local_guest, serve_host_calls, serving
+from rlm_host.session import Session
 from rlm_host.transport import LocalGuestStream
 from rlm_protocol import Exec, ExecResult, HostCall, SetVars, text_metadata
 
@@ -266,28 +267,51 @@ async def test_sleep_in_c_is_interrupted_and_state_kept(connection: GuestConnect
     assert after.stdout.text == "1\n"
 
 
-async def test_block_ignoring_interrupts_resets_the_session(connection: GuestConnection) -> None:
+async def _interrupt_once_running(session: Session, code: str, running: Path) -> ExecResult:
+    """Run ``code``, which creates ``running`` once it ignores interrupts, and interrupt it then
+    (an interrupt that comes before would stop the block at its start, which it cannot ignore)."""
+    async with trio.open_nursery() as nursery:
+        results: list[ExecResult] = []
+
+        async def run() -> None:
+            results.append(await session.exec(code))
+
+        nursery.start_soon(run)
+        while not running.exists():
+            await trio.sleep(0.01)
+        await session.interrupt()
+    return results[0]
+
+
+def _ignoring_interrupts(running: Path) -> str:
+    return (
+        f"open({str(running)!r}, 'w').close()\n"
+        "while True:\n    try:\n        time.sleep(10)\n    except KeyboardInterrupt:\n        pass"
+    )
+
+
+async def test_block_ignoring_interrupts_resets_the_session(connection: GuestConnection, tmp_path: Path) -> None:
     session = await connection.open_session()
     await session.exec("lost = 1")
-    stubborn = "import time\nwhile True:\n    try:\n        time.sleep(10)\n    except KeyboardInterrupt:\n        pass"
-    result = await session.exec(stubborn, timeout=0.2)
+    running = tmp_path / "running"
+    result = await _interrupt_once_running(session, "import time\n" + _ignoring_interrupts(running), running)
     assert result.interrupted and result.session_reset
     assert result.error is not None and result.error.name == "SessionReset"
     after = await session.exec("print('lost' in globals())")
     assert after.stdout.text == "False\n"
 
 
-async def test_reset_kills_everything_the_block_started(connection: GuestConnection) -> None:
+async def test_reset_kills_everything_the_block_started(connection: GuestConnection, tmp_path: Path) -> None:
     session = await connection.open_session()
     # A duration no other run uses: the local guest shares this machine with other test runs.
     seconds = str(random.randrange(10**6, 10**7))
+    running = tmp_path / "running"
     spawn = (
         "import subprocess, time\n"
         f"child = subprocess.Popen(['sleep', '{seconds}'])\n"
-        "print(child.pid, flush=True)\n"
-        "while True:\n    try:\n        time.sleep(10)\n    except KeyboardInterrupt:\n        pass"
+        "print(child.pid, flush=True)\n" + _ignoring_interrupts(running)
     )
-    result = await session.exec(spawn, timeout=0.2)
+    result = await _interrupt_once_running(session, spawn, running)
     assert result.session_reset
     probe = await connection.open_session()
     # The reset came with no output, so find the sleeper by its command line instead.
