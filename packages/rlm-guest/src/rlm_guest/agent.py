@@ -182,7 +182,7 @@ class Agent:
                         for raw in decoder.feed_raw(data):
                             self._from_host(raw)
                         if decoder.missing > _TIGHT_READ_BYTES:
-                            self._large_from_host(*decoder.detach_partial())
+                            self._large_from_host(*decoder.detach_head())
                         continue
                     process = self._processes.by_fd.get(key.fd)
                     if process is None:
@@ -259,12 +259,13 @@ class Agent:
             envelope.session, envelope.call,
         )
 
-    def _large_from_host(self, start: bytearray, received: int) -> None:
-        """Read the rest of a large frame into a shared buffer and route it."""
-        size = len(start)
+    def _large_from_host(self, head: bytes, size: int) -> None:
+        """Read the rest of a large frame (``size`` bytes framed, ``head`` received) into a
+        shared buffer and route it."""
         buffer = self._buffers.take(size)
-        buffer.map[:received] = memoryview(start)[:received]
-        del start
+        received = len(head)
+        buffer.map[:received] = head
+        del head
         if not self.channel.read_into(buffer.map, received, size):
             self._buffers.give_back(buffer)  # the host left mid-frame: its end-of-stream comes next
             return
