@@ -5,6 +5,7 @@ for it (``rlm_guest.frame_head``, ``shared.make_room``)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rlm_guest.frame_head import routing_in_head
-from rlm_guest.shared import KEEP_AT_MOST
+from rlm_guest.shared import KEEP_AT_MOST, make_room, read_shared
 from rlm_host import GuestConnection, open_local_guest, serving
 from rlm_protocol import (
     HEADER_BYTES,
@@ -154,3 +155,31 @@ async def test_large_frames_are_announced_and_arrive_whole(tmp_path: Path) -> No
     noted_sizes = _noted(noted)
     assert noted_sizes[:3] == sizes, (noted_sizes, sizes)
     assert len(noted_sizes) == 4 and noted_sizes[3] > len(big)  # the host-call reply's frame
+
+
+def _lent(frame: Frame) -> int:
+    """A memfd holding ``frame`` framed, as the agent lends it (``SharedBuffer``)."""
+    fd = os.memfd_create("lent")
+    os.write(fd, encode(frame))
+    return fd
+
+
+@pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="memfd: Linux, the guest's platform")
+def test_a_frame_is_decoded_from_its_own_buffer_whatever_was_announced() -> None:
+    # read_shared decodes from the mapping make_room made ahead only when it is of the same
+    # buffer and frame; anything else is mapped afresh (and the stale mapping dropped).
+    a = SetVars(session="s", call=1, values={"prompt": "a" * 100_000})
+    b = SetVars(session="s", call=2, values={"prompt": "b" * 100_001})
+    fd_a, fd_b = _lent(a), _lent(b)
+    try:
+        make_room(os.dup(fd_a))
+        assert read_shared(os.dup(fd_b), 1 << 30) == b
+        assert read_shared(os.dup(fd_a), 1 << 30) == a
+        make_room(os.dup(fd_a))
+        assert read_shared(os.dup(fd_a), 1 << 30) == a
+        make_room(os.dup(fd_a))
+        os.pwrite(fd_a, encode(b), 0)  # same buffer, another frame: longer by one byte
+        assert read_shared(os.dup(fd_a), 1 << 30) == b
+    finally:
+        os.close(fd_a)
+        os.close(fd_b)

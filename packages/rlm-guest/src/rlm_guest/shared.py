@@ -200,12 +200,41 @@ def make_room(fd: int) -> None:
     freed here stays in the heap (``_keep_freed_memory``) and the decode, on the same thread
     and so in the same malloc arena, gets it back.
     """
+    global _coming
     try:
         size = int.from_bytes(os.pread(fd, HEADER_BYTES, 0), "big")
+        if size > KEEP_AT_MOST:
+            return
+        if _keep_freed_memory():
+            bytearray(size)  # zeroed, so every page is faulted in; freed at once
+        # The buffer's mapping too, for ``read_shared`` (its page tables filled now as well).
+        _forget_coming()
+        stat = os.fstat(fd)
+        if HEADER_BYTES + size <= stat.st_size:
+            _coming = ((stat.st_dev, stat.st_ino), _map_frame(fd, HEADER_BYTES + size))
+    except (OSError, ValueError):
+        pass  # only a head start: ``read_shared`` maps the buffer itself and reports errors
     finally:
         os.close(fd)
-    if size <= KEEP_AT_MOST and _keep_freed_memory():
-        bytearray(size)  # zeroed, so every page is faulted in; freed at once
+
+
+#: The mapping ``make_room`` made of the buffer its frame is coming in, for ``read_shared``:
+#: which file it maps, and the map.
+_coming: tuple[tuple[int, int], mmap.mmap] | None = None
+
+
+def _forget_coming() -> None:
+    global _coming
+    if _coming is not None:
+        _coming[1].close()
+        _coming = None
+
+
+def _map_frame(fd: int, length: int) -> mmap.mmap:
+    # Mapped with its page tables filled in one call (MAP_POPULATE): the decode would otherwise
+    # take one page fault per 4 KiB, about 10 ms for 16 MiB under TCG (bench.set_vars_stages).
+    # Only the frame's own pages: the buffer may be larger.
+    return mmap.mmap(fd, length, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
 
 
 def received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
@@ -219,16 +248,19 @@ def received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
 
 def read_shared(fd: int, max_frame_bytes: int) -> Frame | UnknownFrame:
     """Decode the frame in a lent buffer; the descriptor is closed."""
+    global _coming
+    coming, _coming = _coming, None
     try:
         header = os.pread(fd, HEADER_BYTES, 0)
         size = int.from_bytes(header, "big")
-        if len(header) < HEADER_BYTES or size > max_frame_bytes or HEADER_BYTES + size > os.fstat(fd).st_size:
+        stat = os.fstat(fd)
+        if len(header) < HEADER_BYTES or size > max_frame_bytes or HEADER_BYTES + size > stat.st_size:
             raise RemoteProtocolError(f"shared frame of {size} bytes does not fit its buffer")
-        # Mapped with its page tables filled in one call (MAP_POPULATE): the decode would
-        # otherwise take one page fault per 4 KiB, about 15 ms for 16 MiB under TCG
-        # (bench.set_vars_stages). Only the frame's own pages: the buffer may be larger.
-        flags = mmap.MAP_SHARED | mmap.MAP_POPULATE
-        with mmap.mmap(fd, HEADER_BYTES + size, flags=flags, prot=mmap.PROT_READ) as mapped, memoryview(mapped) as view:
+        if coming is not None and coming[0] == (stat.st_dev, stat.st_ino) and len(coming[1]) == HEADER_BYTES + size:
+            mapped, coming = coming[1], None
+        else:
+            mapped = _map_frame(fd, HEADER_BYTES + size)
+        with mapped, memoryview(mapped) as view:
             # Released explicitly: a slice kept alive by a traceback would keep the map open.
             with view[HEADER_BYTES : HEADER_BYTES + size] as body:
                 return decode_body(body)
@@ -236,3 +268,5 @@ def read_shared(fd: int, max_frame_bytes: int) -> Frame | UnknownFrame:
         raise RemoteProtocolError(f"unreadable shared frame: {error}") from error
     finally:
         os.close(fd)
+        if coming is not None:
+            coming[1].close()
