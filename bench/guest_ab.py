@@ -27,6 +27,7 @@ from typing import Any
 import trio
 
 from rlm_host.connection import GuestConnection
+from rlm_host.session import Session
 from rlm_host.vm.qemu import VM, VMConfig, open_vm
 
 #: The raw ceiling's guest side, as in ``bench.vm_bench`` (which this file does not import, so
@@ -53,26 +54,32 @@ while True:
 RAW_PORT = "rlm.bench"
 
 ROUNDS = int(os.environ.get("RLM_AB_ROUNDS", "8"))
+#: ``set_vars``: each round is only the raw echo (where the config has its port) and
+#: ``set_vars`` of 16 MiB into a new session after five ``exec("pass")``, as in a full round.
+ONLY = os.environ.get("RLM_AB_ONLY", "")
 PROMPT = "x" * (16 << 20)
 
 
 class _RawEcho:
     """The raw virtio echo on a VM's ``rlm.bench`` port (``bench.vm_bench``'s ceiling)."""
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.SocketStream, helper: Session) -> None:
         self.stream = stream
+        #: The session that started the sink, open as long as the sink is needed: closing it
+        #: kills everything it started (its cgroup).
+        self.helper = helper
         self.payload = PROMPT.encode()
 
     @classmethod
     async def start(cls, vm: VM, conn: GuestConnection) -> _RawEcho:
-        async with await conn.open_session() as helper:
-            code = (
-                f"import subprocess, sys\nopen('/tmp/raw_sink.py', 'w').write({RAW_SINK!r})\n"
-                "subprocess.Popen([sys.executable, '/tmp/raw_sink.py'], start_new_session=True)"
-            )
-            result = await helper.exec(code)
-            assert result.error is None, result
-        return cls(await trio.open_unix_socket(str(vm.extra_socket(RAW_PORT))))
+        helper = await conn.open_session()
+        code = (
+            f"import subprocess, sys\nopen('/tmp/raw_sink.py', 'w').write({RAW_SINK!r})\n"
+            "subprocess.Popen([sys.executable, '/tmp/raw_sink.py'])"
+        )
+        result = await helper.exec(code)
+        assert result.error is None, result
+        return cls(await trio.open_unix_socket(str(vm.extra_socket(RAW_PORT))), helper)
 
     async def time(self) -> float:
         t = time.perf_counter()
@@ -86,7 +93,7 @@ async def _round(conn: GuestConnection, out: dict[str, list[float]], raw: _RawEc
     async with await conn.open_session() as session:
         for _ in range(5):
             await session.exec("pass")
-        for _ in range(40):
+        for _ in range(0 if ONLY == "set_vars" else 40):
             t = time.perf_counter()
             await session.exec("pass")
             out["exec_pass"].append(time.perf_counter() - t)
@@ -95,6 +102,8 @@ async def _round(conn: GuestConnection, out: dict[str, list[float]], raw: _RawEc
         t = time.perf_counter()
         await session.set_vars({"prompt": PROMPT})
         out["set_vars_16mib"].append(time.perf_counter() - t)
+    if ONLY == "set_vars":
+        return
     for _ in range(5):
         t = time.perf_counter()
         session = await conn.open_session()
@@ -140,14 +149,18 @@ async def compare(before: VMConfig, after: VMConfig) -> dict[str, Any]:
                 ) + (("raw_echo_16mib",) if raws[name] is not None else ()):
                     samples[key] = out.setdefault(key, [])
                 await _round(conn, samples, raws[name])
+            print(f"round {i + 1}/{ROUNDS} done", file=sys.stderr, flush=True)
         for echo in raws.values():
             if echo is not None:
                 await echo.stream.aclose()
+                await echo.helper.close()
     medians = {
-        name: {key: round(statistics.median(v) * 1000, 2) for key, v in values.items()}
+        name: {key: round(statistics.median(v) * 1000, 2) for key, v in values.items() if v}
         for name, values in results.items()
     }
-    minimum = {name: round(min(values["exec_pass"]) * 1000, 2) for name, values in results.items()}
+    minimum = {
+        name: round(min(values["exec_pass"]) * 1000, 2) for name, values in results.items() if values["exec_pass"]
+    }
     ratios = {
         key: round(medians["after"][key] / medians["before"][key], 2)
         for key in medians["before"] if key in medians["after"]
