@@ -206,7 +206,7 @@ def make_room(fd: int) -> None:
         if size > KEEP_AT_MOST:
             return
         if _keep_freed_memory():
-            _fault_in(size)
+            bytearray(size)  # zeroed, so every page is faulted in; freed at once
         # The buffer's mapping too, for ``read_shared`` (its page tables filled now as well).
         _forget_coming()
         stat = os.fstat(fd)
@@ -216,33 +216,6 @@ def make_room(fd: int) -> None:
         pass  # only a head start: ``read_shared`` maps the buffer itself and reports errors
     finally:
         os.close(fd)
-
-
-#: ``madvise`` advice (Linux 5.14): allocate and map every page of the range now, in one call.
-_MADV_POPULATE_WRITE = 23
-
-
-def _fault_in(size: int) -> None:
-    """Allocate ``size`` bytes with malloc, have the kernel allocate their pages, free them.
-
-    ``MADV_POPULATE_WRITE`` maps the pages in one system call where writing to each page would
-    take a page fault per 4 KiB, each costly under TCG; ``memset`` where the kernel lacks it.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.malloc.restype = ctypes.c_void_p
-    libc.malloc.argtypes = [ctypes.c_size_t]
-    libc.free.argtypes = [ctypes.c_void_p]
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    block = libc.malloc(size)
-    if not block:
-        return
-    try:
-        start = -(-block // mmap.PAGESIZE) * mmap.PAGESIZE
-        end = (block + size) // mmap.PAGESIZE * mmap.PAGESIZE
-        if end <= start or libc.madvise(start, end - start, _MADV_POPULATE_WRITE) != 0:
-            ctypes.memset(block, 0, size)
-    finally:
-        libc.free(block)
 
 
 #: The mapping ``make_room`` made of the buffer its frame is coming in, for ``read_shared``:
