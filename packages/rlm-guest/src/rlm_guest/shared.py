@@ -193,8 +193,8 @@ def make_room(fd: int) -> None:
     take; the descriptor is closed.
 
     Decoding a 16 MiB prompt into a new ``str`` in a process that never held one writes 16 MiB
-    of fresh pages, which the guest kernel must fault in and zero one by one: 50-120 ms under
-    TCG, against 13-20 ms for the decode into memory used before (bench.set_vars_stages). Done
+    of fresh pages, which the guest kernel must fault in and zero one by one: 45-85 ms under
+    TCG, against 11-22 ms for the decode into memory used before (bench.set_vars_stages). Done
     here, on the session process's reader thread while the frame is still crossing the
     channel, that cost runs beside the transfer instead of after it: the block allocated and
     freed here stays in the heap (``_keep_freed_memory``) and the decode, on the same thread
