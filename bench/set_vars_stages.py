@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from dataclasses import replace
@@ -40,6 +41,8 @@ MIB = 1 << 20
 #: frames (a write per ``readv`` would double the syscalls it measures).
 _TRACE = r'''
 import json, os, time
+if os.environ.get("RLM_STAGES_PIN"):
+    os.sched_setaffinity(0, {int(os.environ["RLM_STAGES_PIN"])})
 REC = []
 pc = time.perf_counter
 PORT_FD = [None]
@@ -144,7 +147,7 @@ sys.exit(agent.Agent(port, sys.stderr, pool=pool).serve())
 _START = '''
 import subprocess, sys
 open("/tmp/{name}.py", "w").write({code!r})
-subprocess.Popen([sys.executable, "/tmp/{name}.py"], stderr=open("/tmp/{name}.err", "w"), start_new_session=True)
+subprocess.Popen([sys.executable, "/tmp/{name}.py"], stderr=open("/tmp/{name}.err", "w"), start_new_session=True, env={env!r})
 '''
 
 
@@ -256,11 +259,17 @@ async def _guest_records(helper: Any, *markers: str) -> list[list[Any]]:
     return [json.loads(line) for line in text.splitlines() if line]
 
 
+def _guest_env() -> dict[str, str]:
+    """``RLM_STAGES_PIN=<cpu>``: both guest programs pinned to that vCPU (``sched_setaffinity``)."""
+    pin = os.environ.get("RLM_STAGES_PIN")
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", **({"RLM_STAGES_PIN": pin} if pin else {})}
+
+
 async def measure(vm: VM, conn: GuestConnection, size: int, repeat: int) -> dict[str, Any]:
     helper = await conn.open_session()
     result = await helper.exec(
-        _START.format(name="raw_sink_traced", code=RAW_SINK)
-        + _START.format(name="traced_agent", code=TRACED_AGENT)
+        _START.format(name="raw_sink_traced", code=RAW_SINK, env=_guest_env())
+        + _START.format(name="traced_agent", code=TRACED_AGENT, env=_guest_env())
     )
     assert result.error is None, result
     raw = await trio.open_unix_socket(str(vm.extra_socket("rlm.bench")))
