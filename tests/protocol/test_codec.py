@@ -200,3 +200,18 @@ def test_a_view_kept_by_the_caller_does_not_break_the_next_encode() -> None:
     # A longer frame must grow the buffer, which an exported view forbids (BufferError).
     encoder.encode_view(SetVars(session="s1", call=2, values={"prompt": "x" * 10_000}))
     assert bytes(kept) == before  # the kept view still shows its own frame
+
+
+def test_detach_head_hands_over_the_start_and_the_whole_size() -> None:
+    # The guest agent completes a large frame in a buffer it keeps: the decoder hands over only
+    # what it received, however the first read was cut, and nothing is lost or doubled.
+    data = encode(SetVars(session="s", call=1, values={"prompt": "y" * 5000}))
+    for cut in range(HEADER_BYTES, len(data)):
+        decoder = FrameDecoder()
+        assert decoder.feed(data[:cut]) == []
+        head, size = decoder.detach_head()
+        assert (head, size) == (data[:cut], len(data)), cut
+        assert decoder.buffered == 0 and decoder.missing == 0
+        assert decode_body((head + data[cut:])[HEADER_BYTES:]) == decode_body(data[HEADER_BYTES:])
+    with pytest.raises(LocalProtocolError):
+        FrameDecoder().detach_head()

@@ -45,7 +45,8 @@ from .handshake import DEFAULT_LIMITS, check_welcome, hello
 from .kept import KeptPrompts
 from .processes import become_subreaper, reap_children
 from .relay import SessionRelay
-from .shared import MAX_FDS_PER_MESSAGE, BufferPool, SharedBuffer, SharedFrame
+from .frame_head import routing_in_head
+from .shared import KEEP_AT_MOST, MAX_FDS_PER_MESSAGE, BufferPool, FrameComing, SharedBuffer, SharedFrame
 from .supervisor import INTERRUPT_GRACE_SECONDS, SessionProcess, Supervisor
 
 __all__ = ["Agent", "DEFAULT_LIMITS", "INTERRUPT_GRACE_SECONDS"]
@@ -187,7 +188,7 @@ class Agent:
                         for raw in decoder.feed_raw(data):
                             self._from_host(raw)
                         if decoder.missing > _TIGHT_READ_BYTES:
-                            self._large_from_host(*decoder.detach_partial())
+                            self._large_from_host(*decoder.detach_head())
                         continue
                     process = self._processes.by_fd.get(key.fd)
                     if process is None:
@@ -264,12 +265,14 @@ class Agent:
             envelope.session, envelope.call,
         )
 
-    def _large_from_host(self, start: bytearray, received: int) -> None:
-        """Read the rest of a large frame into a shared buffer and route it."""
-        size = len(start)
+    def _large_from_host(self, head: bytes, size: int) -> None:
+        """Read the rest of a large frame (``size`` bytes framed, ``head`` received) into a
+        shared buffer and route it."""
         buffer = self._buffers.take(size)
-        buffer.map[:received] = memoryview(start)[:received]
-        del start
+        received = len(head)
+        buffer.map[:received] = head
+        self._announce(head, size, buffer)
+        del head
         if not self.channel.read_into(buffer.map, received, size):
             self._buffers.give_back(buffer)  # the host left mid-frame: its end-of-stream comes next
             return
@@ -287,6 +290,19 @@ class Agent:
         process.lent.append(buffer)
         notice = self._encoder.encode(SharedFrame(session=process.session))
         self._processes.send_to(process, notice, (buffer.reader_fd(),))
+
+    def _announce(self, head: bytes, size: int, buffer: SharedBuffer) -> None:
+        """Let the session process that a large frame is for make room for it now, while the
+        rest of it crosses the channel (``shared.make_room``), when its start names it."""
+        if size > KEEP_AT_MOST:
+            return
+        envelope = routing_in_head(head)
+        if envelope is None or envelope.kind not in _SHARED_KINDS:
+            return
+        process = self._processes.processes.get(envelope.session or "")
+        if process is not None:
+            notice = self._encoder.encode(FrameComing(session=process.session))
+            self._processes.send_to(process, notice, (buffer.reader_fd(),))
 
     def _refuse(self, code: str, message: str, session: str | None, call: int | None) -> None:
         """Answer one request with an ``error`` frame (PROTOCOL.md 3.4)."""

@@ -43,7 +43,7 @@ from .capture import Capture
 from .host_calls import HostCalls
 from .interrupt_slot import InterruptSlot
 from .session import Session, install_sigint
-from .shared import ANCILLARY_BYTES, BufferReleased, KeepRef, read_kept, read_shared, received_fds
+from .shared import ANCILLARY_BYTES, BufferReleased, KeepRef, make_room, read_kept, read_shared, received_fds
 
 __all__ = ["Activate", "worker_main"]
 
@@ -259,6 +259,11 @@ def _read_frames(
                         received += got
                     frames.append(decode_body(view[HEADER_BYTES:]))
             for frame in frames:
+                if isinstance(frame, UnknownFrame) and frame.kind == "frame_coming":
+                    if not fds:
+                        raise RemoteProtocolError("a frame_coming came without its buffer")
+                    make_room(fds.popleft())
+                    continue
                 if isinstance(frame, UnknownFrame) and frame.kind == "shared_frame":
                     if not fds:
                         raise RemoteProtocolError("a shared frame came without its buffer")

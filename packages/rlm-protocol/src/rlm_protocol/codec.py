@@ -223,6 +223,34 @@ class FrameDecoder:
         self._start = 0
         return frame, received
 
+    def detach_head(self) -> tuple[bytes, int]:
+        """Hand over the start of the frame being received, to be completed by the caller.
+
+        Returns the bytes received so far of that frame (length prefix included) and the size
+        of the whole framed message; the caller reads the rest into a buffer of its own. Unlike
+        :meth:`detach_partial`, nothing of the frame's full size is allocated here: a reader
+        that completes a 16 MiB frame in a buffer it keeps (the guest agent's shared buffer)
+        would otherwise zero 16 MiB of fresh memory per frame for nothing. The decoder is left
+        empty. Only valid when ``missing`` is non-zero.
+
+        Raises:
+            LocalProtocolError: no partial frame with a known length.
+
+        >>> decoder = FrameDecoder()
+        >>> decoder.feed((3).to_bytes(4, "big") + b"a")
+        []
+        >>> decoder.detach_head(), decoder.buffered
+        ((b'\\x00\\x00\\x00\\x03a', 7), 0)
+        """
+        missing = self.missing
+        if missing == 0:
+            raise LocalProtocolError("no partial frame with a known length to detach")
+        with memoryview(self._buffer) as view:
+            head = bytes(view[self._start :])
+        self._buffer = bytearray()
+        self._start = 0
+        return head, len(head) + missing
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame | UnknownFrame]:
         """Add received bytes; return the frames they complete, in order.
 
