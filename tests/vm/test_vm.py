@@ -222,13 +222,14 @@ async def test_restored_guests_do_not_share_randomness(vm_config: VMConfig) -> N
 
 
 async def test_guest_clock_follows_the_host_after_a_restore(shared_vm: SharedVM) -> None:
-    # The snapshot may be hours old; rlm-agent-start sets the clock from the RTC, whose
-    # resolution is a second: the guest's time lies between the host's before and after the
-    # block, give or take that second (and not hours behind), however slow the block is.
+    # The snapshot may be hours old; rlm-agent-start sets the clock from the RTC when the two
+    # differ by more than 2 s, and the RTC counts whole seconds: the guest's time lies between
+    # the host's before and after the block give or take those 3 s (and not hours behind),
+    # however slow the block is. (±2 s failed once under load: 2.2 s behind.)
     before = time.time()
     result = await run_block(shared_vm, "import time; print(time.time())")
     after = time.time()
-    assert before - 2 <= float(result.stdout.text) <= after + 2
+    assert before - 3 <= float(result.stdout.text) <= after + 3
 
 
 async def test_network_flag_gives_user_mode_nat(vm_config: VMConfig) -> None:
