@@ -12,7 +12,7 @@ import sys
 import time
 
 job = json.load(open(sys.argv[1]))
-from rlm import RLM  # noqa: E402  (import time is part of the start-up being measured)
+from rlm import RLM  # type: ignore[import-not-found]  # noqa: E402  (rlms, in its own venv; import time is part of the start-up being measured)
 
 imported = time.monotonic()
 prompt = open(job["prompt_file"], encoding="utf-8").read()

@@ -19,6 +19,7 @@ from typing import Any
 
 import trio
 
+from rlm_host import serving
 from rlm_host.connection import GuestConnection
 from rlm_host.vm.qemu import VM, VMConfig, open_vm
 from rlm_protocol import HostCall
@@ -213,7 +214,9 @@ async def exec_workloads(conn: GuestConnection, repeat: int, concurrency: list[i
         t2 = time.perf_counter()
         await session.close()
         t3 = time.perf_counter()
-        opens.append(t1 - t), firsts.append(t2 - t1), closes.append(t3 - t2)
+        opens.append(t1 - t)
+        firsts.append(t2 - t1)
+        closes.append(t3 - t2)
     out["new_session"] = _stats(opens)
     out["new_session_first_exec"] = _stats(firsts)
     out["close_session"] = _stats(closes)
@@ -226,7 +229,8 @@ async def exec_workloads(conn: GuestConnection, repeat: int, concurrency: list[i
         session = await conn.open_session()
         t1 = time.perf_counter()
         await session.exec("pass")
-        opens.append(t1 - t), firsts.append(time.perf_counter() - t1)
+        opens.append(t1 - t)
+        firsts.append(time.perf_counter() - t1)
         await session.close()
     out["new_session_after_pause"] = _stats(opens)
     out["new_session_after_pause_first_exec"] = _stats(firsts)
@@ -240,7 +244,7 @@ async def exec_workloads(conn: GuestConnection, repeat: int, concurrency: list[i
 
         async def one(index: int) -> None:
             try:
-                async with await conn.open_session(handler=echo) as s:
+                async with await conn.open_session() as s, serving(s, echo):
                     for _ in range(blocks):
                         r = await s.exec(code)
                         if r.error is not None:
