@@ -244,7 +244,7 @@ async def exec_workloads(conn: GuestConnection, repeat: int, concurrency: list[i
 
         async def one(index: int) -> None:
             try:
-                async with await conn.open_session() as s, serving(s, echo):
+                async with await conn.open_session(host_calls=True) as s, serving(s, echo):
                     for _ in range(blocks):
                         r = await s.exec(code)
                         if r.error is not None:
