@@ -80,6 +80,16 @@ async def receive(stream: trio.abc.Stream, decoder: FrameDecoder) -> list[Frame]
             return frames  # type: ignore[return-value]
 
 
+async def handshake_and_open(stream: trio.abc.Stream, decoder: FrameDecoder) -> OpenSession:
+    """The guest's side up to one open session: Hello, the host's Welcome, OpenSession answered."""
+    await stream.send_all(encode(hello()))
+    await receive(stream, decoder)
+    opened = (await receive(stream, decoder))[0]
+    assert isinstance(opened, OpenSession)
+    await stream.send_all(encode(SessionOpened(session=opened.session, call=opened.call)))
+    return opened
+
+
 async def test_different_major_is_refused_on_both_sides() -> None:
     seen: list[Frame] = []
 
@@ -201,11 +211,7 @@ async def test_late_reply_to_a_cancelled_request_is_dropped(autojump_clock: trio
     # INTERRUPT_CONFIRM_SECONDS of the mock clock); only then, when the host's next request
     # arrives, does the guest send the exec's result: a reply that no one waits for any more.
     async def guest(stream: trio.abc.Stream, decoder: FrameDecoder) -> None:
-        await stream.send_all(encode(hello()))
-        await receive(stream, decoder)
-        opened = (await receive(stream, decoder))[0]
-        assert isinstance(opened, OpenSession)
-        await stream.send_all(encode(SessionOpened(session=opened.session, call=opened.call)))
+        opened = await handshake_and_open(stream, decoder)
         (exec_request,) = await receive(stream, decoder)
         assert isinstance(exec_request, Exec)
         (interrupt,) = await receive(stream, decoder)
@@ -307,11 +313,7 @@ async def test_a_request_waiting_in_a_shield_ends_when_the_reader_is_cancelled()
     # waiting request: before, the close waited forever (seen in a lockup test: the run hung in
     # its shield past every deadline). A hang here is caught by the test's time limit.
     async def guest(stream: trio.abc.Stream, decoder: FrameDecoder) -> None:
-        await stream.send_all(encode(hello()))
-        await receive(stream, decoder)
-        opened = (await receive(stream, decoder))[0]
-        assert isinstance(opened, OpenSession)
-        await stream.send_all(encode(SessionOpened(session=opened.session, call=opened.call)))
+        await handshake_and_open(stream, decoder)
         await trio.sleep_forever()  # never answers the CloseSession
 
     host_side, guest_side = trio.testing.memory_stream_pair()
